@@ -87,3 +87,10 @@ def test_cli_help_runs():
 def test_cli_unknown_command_exits_2():
     result = CliRunner().invoke(main, ["no-such-command"])
     assert result.exit_code == 2
+
+
+def test_atomic_write_honours_the_umask(tmp_path):
+    path = atomic_write(tmp_path / "readable.bin", lambda f: f.write(b"x"))
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
