@@ -11,6 +11,7 @@ from torch import nn
 from ..validation import check_nonnegative
 from ..errors import InvalidInputError
 from .base import Perturbation, Threat
+from .naming import format_number
 
 __all__ = ["Additive", "AdditivePerturbation"]
 
@@ -47,7 +48,7 @@ class Additive(Threat):
 
     @property
     def name(self) -> str:
-        return f"{self.norm}({self.eps:g})"
+        return f"{self.norm}({format_number(self.eps)})"
 
 
 def _per_example_l2(t: torch.Tensor) -> torch.Tensor:
