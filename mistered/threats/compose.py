@@ -132,7 +132,8 @@ class Union(Threat):
 
     A union has no perturbation of its own: an attack makes one perturbation per entry of
     :meth:`alternatives` and keeps, per example, the most damaging result. Nested unions (and
-    sequences containing unions) are flattened into one list of alternatives; duplicates are dropped.
+    sequences containing unions) are flattened into one list of alternatives; duplicates (equal, or
+    with the same name) are dropped.
 
     Args:
         alternatives: the threats to choose from (at least one).
@@ -150,7 +151,8 @@ class Union(Threat):
         flat: list[Threat] = []
         for item in _as_threats(alternatives, "Union"):
             for option in item.alternatives():
-                if option not in flat:
+                # threats with the same name act identically (e.g. a one-member Sequence and its member)
+                if all(option != kept and option.name != kept.name for kept in flat):
                     flat.append(option)
         object.__setattr__(self, "choices", tuple(flat))
 
