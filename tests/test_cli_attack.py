@@ -86,6 +86,5 @@ def test_bad_input_is_one_error_line_and_exit_code_2(checkpoint, tmp_path, args)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output
     assert lines[0].startswith("Error:"), result.output
-    # spec errors add a caret line under the spec (mistered.threats.spec); everything else is one line
-    assert len(lines) == 1 or (args[0] == "--threat" and len(lines) == 3), result.output
+    assert len(lines) == 1, result.output
     assert "Traceback" not in result.output and "this ran at load time" not in result.output

@@ -108,7 +108,8 @@ _FUNCTIONS: dict[str, _Function] = {
 
 
 def _error(message: str, spec: str, pos: int) -> ThreatSpecError:
-    return ThreatSpecError(f"{message}\n  {spec}\n  {' ' * pos}^")
+    marked = f"{spec[:pos]}\u2192{spec[pos:]}" if spec.strip() else spec
+    return ThreatSpecError(f"{message} (at position {pos} of the spec: {marked!r})")
 
 
 def _tokenize(spec: str) -> list[_Token]:
@@ -298,7 +299,7 @@ def parse_threat(spec: str) -> Threat:
         The threat; ``parse_threat(threat.name)`` gives back an equal threat.
 
     Raises:
-        ThreatSpecError: the message points at the offending position with a caret and lists the presets
+        ThreatSpecError: one line that marks the offending position (with an arrow) and lists the presets
             for unknown names; negative budgets are rejected.
 
     Example:

@@ -1,0 +1,175 @@
+"""GeoCert is exact: it matches a brute force over all linear regions, the MIP, and no attack beats it."""
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mistered.certify.geocert import geocert
+from mistered.certify.mindist_mip import mindist_mip
+from mistered.errors import UnsupportedLayerError
+from mistered.certify.plnet import PiecewiseLinearNet
+
+
+def _random_net(seed: int, sizes: tuple[int, ...]) -> PiecewiseLinearNet:
+    """Random ReLU net whose ReLU hyperplanes and decision boundaries cross the unit box."""
+    gen = torch.Generator().manual_seed(seed)
+    weights, biases = [], []
+    for i in range(len(sizes) - 1):
+        w = torch.randn(sizes[i + 1], sizes[i], generator=gen, dtype=torch.float64)
+        b = 0.3 * torch.randn(sizes[i + 1], generator=gen, dtype=torch.float64)
+        weights.append(w)
+        biases.append(b - w @ torch.full((sizes[i],), 0.5, dtype=torch.float64) if i == 0 else b)
+    return PiecewiseLinearNet(weights, biases, (sizes[0],))
+
+
+def _brute_force_2d(net: PiecewiseLinearNet, x0: np.ndarray, norm: str) -> float:
+    """Exact minimal distance for a 2-D input by enumerating every activation pattern and, in each, every
+    candidate optimum of a norm over a polygon: its vertices and the points where the norm ball first
+    touches an edge (orthogonal foot for L2, diagonals for L∞, axes for L1)."""
+    ws = [w.numpy() for w in net.weights]
+    bs = [b.numpy() for b in net.biases]
+    c = int(np.argmax(net(torch.as_tensor(x0)[None])[0].numpy()))
+    sizes = [w.shape[0] for w in ws[:-1]]
+    box_a = np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1]])
+    box_b = np.array([1.0, 0, 1, 0])
+    dirs = {"l2": None, "linf": np.array([[1, 1], [1, -1]]), "l1": np.array([[1, 0], [0, 1]])}[norm]
+    best = np.inf
+    for bits in itertools.product([False, True], repeat=sum(sizes)):
+        pattern = np.array(bits)
+        m, off, rows_a, rows_b, start = ws[0], bs[0], [], [], 0
+        for i, n in enumerate(sizes):
+            mask = pattern[start : start + n]
+            start += n
+            sign = np.where(mask, -1.0, 1.0)
+            rows_a.append(sign[:, None] * m)
+            rows_b.append(-sign * off)
+            m, off = ws[i + 1] @ (m * mask[:, None]), ws[i + 1] @ (off * mask) + bs[i + 1]
+        for j in range(m.shape[0]):
+            if j == c:
+                continue
+            a = np.vstack(rows_a + [box_a, (m[c] - m[j])[None]])
+            b = np.concatenate(rows_b + [box_b, [off[j] - off[c]]])
+            p, q = np.triu_indices(len(a), 1)
+            det = a[p, 0] * a[q, 1] - a[p, 1] * a[q, 0]
+            keep = np.abs(det) > 1e-12
+            p, q, det = p[keep], q[keep], det[keep]
+            vertices = np.stack([b[p] * a[q, 1] - b[q] * a[p, 1], a[p, 0] * b[q] - a[q, 0] * b[p]], 1) / det[:, None]
+            cands = [x0[None], vertices]
+            if dirs is None:  # feet of the perpendiculars from x0
+                nrm = (a * a).sum(1)
+                ok = nrm > 1e-12
+                cands.append(x0 - ((a[ok] @ x0 - b[ok]) / nrm[ok])[:, None] * a[ok])
+            else:  # where the norm ball's vertices (rays along dirs) meet each line
+                for u in dirs:
+                    for sgn in (1.0, -1.0):
+                        au = a @ (sgn * u)
+                        ok = np.abs(au) > 1e-12
+                        cands.append(x0 + ((b[ok] - a[ok] @ x0) / au[ok])[:, None] * (sgn * u))
+            pts = np.concatenate(cands)
+            ok = (pts @ a.T <= b + 1e-9).all(axis=1)
+            if ok.any():
+                order = {"l2": 2, "linf": np.inf, "l1": 1}[norm]
+                best = min(best, np.linalg.norm(pts[ok] - x0, ord=order, axis=1).min())
+    return float(best)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_radius_equals_brute_force_over_all_regions_2d(norm, seed):
+    net = _random_net(seed, (2, 5, 5, 3))
+    x0 = torch.rand(2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    result = geocert(net, x0, norm=norm)
+    assert result.status == "exact"
+    assert result.upper == pytest.approx(_brute_force_2d(net, x0.numpy(), norm), abs=1e-4)
+
+
+def _point(seed: int, d: int) -> torch.Tensor:
+    return torch.rand(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+@pytest.mark.parametrize("seed", [3, 4])
+def test_radius_equals_the_mip_on_small_nets(norm, seed):
+    net, x0 = _random_net(seed, (6, 6, 6, 3)), _point(seed, 6)
+    result, mip = geocert(net, x0, norm=norm), mindist_mip(net, x0, norm=norm)
+    assert result.status == mip.status == "exact"
+    assert result.upper == pytest.approx(mip.upper, abs=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_x_adv_is_on_the_decision_boundary_at_the_exact_distance(norm):
+    net, x0 = _random_net(5, (6, 6, 6, 3)), _point(5, 6)
+    result = geocert(net, x0, norm=norm)
+    order = {"l2": 2, "linf": float("inf"), "l1": 1}[norm]
+    assert float(torch.linalg.vector_norm(result.x_adv - x0, ord=order)) == pytest.approx(result.upper, abs=1e-6)
+    logits = net(result.x_adv[None])[0]
+    others = torch.cat([logits[: result.predicted], logits[result.predicted + 1 :]])
+    assert float(others.max() - logits[result.predicted]) >= -1e-6
+    assert (result.x_adv >= 0).all() and (result.x_adv <= 1).all()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_no_attack_gets_closer_than_the_radius(norm):
+    """A PGD-style search for the closest misclassified point never beats GeoCert (and the L2 radius is not
+    over-reported, the original implementation's bug, since ours is at most any adversarial distance)."""
+    net, x0 = _random_net(6, (6, 6, 6, 3)), _point(6, 6)
+    result = geocert(net, x0, norm=norm)
+    c = result.predicted
+    gen = torch.Generator().manual_seed(0)
+    order = {"l2": 2, "linf": float("inf")}[norm]
+    for eps in torch.linspace(0.05, 1.0, 5):
+        delta = (torch.rand(32, 6, generator=gen, dtype=torch.float64) * 2 - 1) * eps
+        for _ in range(30):
+            delta.requires_grad_(True)
+            logits = net((x0 + delta).clamp(0, 1))
+            others = logits.clone()
+            others[:, c] = -torch.inf
+            loss = (others.max(1).values - logits[:, c]).sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                step = grad.sign() if norm == "linf" else grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                delta = delta + 0.1 * eps * step
+                norms = torch.linalg.vector_norm(delta, ord=order, dim=1, keepdim=True)
+                delta = delta * (eps / norms).clamp(max=1.0)
+                delta = (x0 + delta).clamp(0, 1) - x0
+        with torch.no_grad():
+            adv = net(x0 + delta).argmax(1) != c
+            dists = torch.linalg.vector_norm(delta, ord=order, dim=1)
+        assert (dists[adv] >= result.upper - 1e-6).all()
+
+
+def test_decision_mode_certifies_below_and_attacks_above_the_radius():
+    net, x0 = _random_net(1, (6, 6, 6, 3)), _point(1, 6)
+    radius = geocert(net, x0, norm="l2").upper
+    below = geocert(net, x0, norm="l2", decision_eps=0.9 * radius)
+    above = geocert(net, x0, norm="l2", decision_eps=1.1 * radius)
+    assert below.status == "certified" and below.lower >= 0.9 * radius
+    assert above.status == "attacked" and above.upper <= 1.1 * radius
+
+
+def test_time_limit_returns_valid_bounds_with_status_timeout():
+    net, x0 = _random_net(3, (10, 8, 8, 3)), _point(3, 10)
+    exact = mindist_mip(net, x0, norm="linf").upper
+    start = time.perf_counter()
+    result = geocert(net, x0, norm="linf", time_limit=0.2)
+    assert time.perf_counter() - start < 1.5
+    assert result.status == "timeout"
+    assert result.lower <= exact + 1e-9 <= result.upper + 2e-9
+
+
+def test_seeding_with_an_upper_bound_keeps_the_exact_radius():
+    net, x0 = _random_net(3, (6, 6, 6, 3)), _point(3, 6)
+    plain = geocert(net, x0, norm="linf")
+    seeded = geocert(net, x0, norm="linf", upper_bound=plain.upper * 1.05)
+    assert seeded.upper == pytest.approx(plain.upper, abs=1e-9)
+    assert seeded.n_lp_solves <= plain.n_lp_solves
+
+
+def test_unsupported_layer_is_named():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedLayerError, match=r"layer 1 \(Tanh\)"):
+        PiecewiseLinearNet.from_module(model, (4,))
