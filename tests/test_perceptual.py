@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from mistered.errors import InvalidInputError
 from mistered.threats import Additive, PerceptualBudget, Union, parse_threat
-from mistered.threats.perceptual import ACCEPT_RTOL, PerceptualPerturbation
+from mistered.threats.perceptual import _AIMS, ACCEPT_RTOL, PerceptualPerturbation
 
 from mistered.metrics.lpips_trunk import trunk_source_available
 
@@ -109,8 +109,8 @@ def test_projection_evaluates_the_metric_on_violators_only_and_few_times():
         perturbation.inner.delta[:2] = 0.25  # two examples over the bound: L2 = 0.25 * sqrt(64) = 2 > 1
     calls = _count_metric_calls(perturbation)
     perturbation.project_()
-    # one evaluation of the whole batch at t = 1, then one guess for the two violators (linear metric)
-    assert calls[0] == 6 + 2
+    # one evaluation of the whole batch at t = 1, then one round of guesses for the two violators (linear metric)
+    assert calls[0] == 6 + 2 * len(_AIMS)
 
 
 def test_zero_bound_leaves_only_the_identity():
@@ -160,3 +160,15 @@ def test_name_parses_back_to_an_equal_threat(threat):
 def test_bad_metric_or_bound_is_rejected(metric, bound):
     with pytest.raises(InvalidInputError):
         PerceptualBudget(Additive("linf", 0.3), metric, bound)
+
+
+def test_nested_budgets_both_hold_after_projection():
+    g = torch.Generator().manual_seed(5)
+    threat = parse_threat("linf(0.3)|ssim<=0.03|l2<=1.5")
+    perturbation = threat.perturbation(_digits(6))
+    perturbation.random_init_(g)
+    for _ in range(2):
+        _random_grads_(perturbation, g)
+        perturbation.step_(0.5).project_()
+        sizes = perturbation.sizes()
+        assert (sizes["ssim"] <= 0.03).all() and (sizes["l2"] <= 1.5).all()

@@ -7,15 +7,21 @@ adversarial part ``{x in region : f_j(x) >= f_c(x)}`` is solved exactly for each
 on the answer), and its neighbours (one unstable ReLU flipped) are queued. When the nearest queued region is no
 closer than the best adversarial point, that point is at the exact minimal distance.
 
-Pruning, cheapest first:
-* neighbours are queued with a closed-form lower bound on their distance (the largest distance from ``x0`` to a
-  half-space of the region, all computed with tensor ops at once); the exact projection is solved only when such
-  an entry reaches the front of the queue, and entries at or beyond the upper bound are dropped;
-* ReLUs that interval bounds over the search box prove stable are never flipped and their constraints are dropped;
+Pruning, cheapest first (every rule is a valid lower bound, so the answer stays exact):
+* every half-space of a region is bounded in closed form, exactly as a single half-space inside the search box
+  (:mod:`mistered.certify.halfspace`, one batched sort); a region's bound is the largest of its rows'. A
+  neighbour (one unstable ReLU flipped) is queued with the bound of the rows it shares with the region plus the
+  flipped row, all neighbours at once; its full bound is taken when it reaches the front of the queue, and the
+  exact projection is solved only if it still is in front; entries at or beyond the upper bound are dropped;
+* the adversarial half-spaces of a region get the same closed-form bound before any solve;
+* ReLUs that interval bounds prove stable are never flipped and their constraints are dropped; the bounds are
+  taken over the search box and, for L2 and L1, also over the norm ball of radius = the upper bound (first layer
+  exact, then interval propagation), recomputed whenever the upper bound shrinks by 10 %;
 * the search box is the domain intersected with the L∞ ball of radius = the best upper bound (for L1 and L2 that
   ball encloses the norm ball of the same radius, so it never cuts off the optimum — unlike shrinking it to the L∞
   size of one projection, the original implementation's L2 bug);
-* an upper bound (e.g. from an attack) can seed the search.
+* an upper bound (an attack's ``x_adv`` or a number) seeds the search; :func:`certify_geocert` seeds it with
+  :func:`~mistered.certify.boundary_search.boundary_search` and gives misclassified inputs radius 0 at once.
 
 Projections are exact (see :mod:`mistered.certify.projection`). Everything is float64.
 """
@@ -31,7 +37,9 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from .boundary_search import boundary_search
 from .certificate import Certificate
+from .halfspace import halfspace_projection
 from .interval import interval_bounds
 from .plnet import PiecewiseLinearNet
 from .projection import polytope_distance
@@ -40,7 +48,8 @@ __all__ = ["GeoCertResult", "geocert", "certify_geocert", "NORMS"]
 
 logger = logging.getLogger(__name__)
 NORMS = ("l1", "l2", "linf")
-_DUAL = {"l2": 2, "linf": 1, "l1": np.inf}
+_DUAL = {"l2": 2, "linf": 1, "l1": float("inf")}
+_SAFETY = 1e-9  # relative slack on closed-form bounds
 
 
 @dataclass
@@ -69,7 +78,7 @@ class GeoCertResult:
 
 
 class _Search:
-    """State of one search (numpy float64)."""
+    """State of one search (numpy float64; closed-form bounds in torch on the same memory)."""
 
     def __init__(self, net: PiecewiseLinearNet, x0: np.ndarray, norm: str, domain: tuple[float, float]) -> None:
         self.ws = [w.detach().cpu().double().numpy() for w in net.weights]
@@ -78,6 +87,8 @@ class _Search:
         self.lo = np.full_like(x0, domain[0])
         self.hi = np.full_like(x0, domain[1])
         self.sizes = [w.shape[0] for w in self.ws[:-1]]
+        ends = np.cumsum(self.sizes)
+        self.layer_bounds = list(zip(ends - np.array(self.sizes), ends))
         self.n_solves = 0
         self.unstable = np.ones(sum(self.sizes), dtype=bool)
         self.stable_state = np.zeros(sum(self.sizes), dtype=bool)  # for stable ReLUs: True = always active
@@ -89,16 +100,24 @@ class _Search:
         return np.maximum(self.lo, self.x0 - radius), np.minimum(self.hi, self.x0 + radius)
 
     def shrink(self, radius: float) -> None:
-        """Recompute the stable ReLUs over the search box of the given L∞ radius."""
+        """Recompute the stable ReLUs over the search box (and, for L1/L2, the norm ball) of the given radius."""
         if radius >= 0.9 * self.box_radius:
             return
         self.box_radius = radius
-        lo, hi = self.box(radius)
-        dev, dt = self.net.device, self.net.dtype
-        bounds = interval_bounds(self.net, torch.as_tensor(lo, device=dev, dtype=dt)[None],
-                                 torch.as_tensor(hi, device=dev, dtype=dt)[None])
-        l_all = torch.cat([l[0] for l, _ in bounds[:-1]]).cpu().double().numpy()
-        u_all = torch.cat([u[0] for _, u in bounds[:-1]]).cpu().double().numpy()
+        lo, hi = (torch.as_tensor(v)[None] for v in self.box(radius))
+        bounds = interval_bounds(self.net, lo, hi)
+        if self.norm != "linf" and np.isfinite(radius):  # the first layer over the norm ball, exactly
+            w1 = self.net.weights[0]
+            centre = w1 @ torch.as_tensor(self.x0) + self.net.biases[0]
+            spread = radius * torch.linalg.vector_norm(w1, ord=_DUAL[self.norm], dim=1)
+            first = (torch.maximum(bounds[0][0], centre - spread), torch.minimum(bounds[0][1], centre + spread))
+            ball = [first]
+            if self.net.num_hidden > 1:
+                rest = PiecewiseLinearNet(self.net.weights[1:], self.net.biases[1:], (w1.shape[0],))
+                ball += interval_bounds(rest, first[0].clamp_min(0), first[1].clamp_min(0))
+            bounds = [(torch.maximum(l, bl), torch.minimum(u, bu)) for (l, u), (bl, bu) in zip(bounds, ball)]
+        l_all = torch.cat([l[0] for l, _ in bounds[:-1]]).numpy()
+        u_all = torch.cat([u[0] for _, u in bounds[:-1]]).numpy()
         self.stable_state |= self.unstable & (l_all >= 0)
         self.unstable &= (l_all < 0) & (u_all > 0)
 
@@ -106,34 +125,55 @@ class _Search:
         """Affine forms inside the region of ``pattern``: hidden pre-activations ``(N, d)``, ``(N,)``; logits."""
         mats, offs = [], []
         m, c = self.ws[0], self.bs[0]
-        start = 0
-        for i, n in enumerate(self.sizes):
+        for i, (start, end) in enumerate(self.layer_bounds):
             mats.append(m)
             offs.append(c)
-            mask = pattern[start : start + n]
-            start += n
+            mask = pattern[start:end]
             m = self.ws[i + 1] @ (m * mask[:, None])
             c = self.ws[i + 1] @ (c * mask) + self.bs[i + 1]
         return np.concatenate(mats), np.concatenate(offs), m, c
 
-    def region(self, pattern: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Constraints ``A x <= b`` of the region and the logits' affine form.
+    def region(self, pattern: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Constraints ``A x <= b`` of the region, the ReLU index of each row, and the logits' affine form.
 
-        ReLUs proved stable over the search box are left out, unless the pattern contradicts their stable state
-        (a region queued before the box shrank): then the constraint stays and the region is found empty.
+        ReLUs proved stable are left out, unless the pattern contradicts their stable state (a region queued
+        before the bounds tightened): then the constraint stays and the region is found empty.
         """
         z_mat, z_off, logit_mat, logit_off = self.forms(pattern)
-        rows = self.unstable | (pattern != self.stable_state)
-        sign = np.where(pattern, -1.0, 1.0)[rows]  # active: -z <= 0; inactive: z <= 0
-        return sign[:, None] * z_mat[rows], -sign * z_off[rows], logit_mat, logit_off
+        rows = np.flatnonzero(self.unstable | (pattern != self.stable_state))
+        sign = np.where(pattern[rows], -1.0, 1.0)  # active: -z <= 0; inactive: z <= 0
+        return sign[:, None] * z_mat[rows], -sign * z_off[rows], rows, logit_mat, logit_off
 
-    def halfspace_lower_bound(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Distance from x0 to each half-space ``a_i x <= b_i`` (0 when x0 satisfies it), all rows at once."""
-        violation = a @ self.x0 - b
-        dual = np.linalg.norm(a, ord=_DUAL[self.norm], axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dist = np.where(violation > 0, violation / dual, 0.0)
-        return np.nan_to_num(dist, nan=0.0, posinf=np.inf)
+    def bound(self, a: np.ndarray, b: np.ndarray, radius: float) -> np.ndarray:
+        """``(m,)`` exact distance from x0 to each half-space ``a_i x <= b_i`` inside the search box of ``radius``."""
+        if a.shape[0] == 0:
+            return np.zeros(0)
+        lo, hi = self.box(radius)
+        dist, _ = halfspace_projection(self.norm, torch.from_numpy(a)[None], torch.from_numpy(b)[None],
+                                       torch.from_numpy(self.x0)[None], torch.from_numpy(lo)[None],
+                                       torch.from_numpy(hi)[None])
+        return dist[0].numpy() * (1 - _SAFETY)  # a hair below, against rounding
+
+    def neighbour_bounds(self, a, b, rows, row_dist, radius) -> tuple[np.ndarray, np.ndarray]:
+        """Unstable ReLUs ``k`` and lower bounds on the distance to the region with ``k`` flipped: the flipped row
+        and every row of the layers up to ``k``'s (those rows do not depend on ``k``), all at once."""
+        full = np.zeros(self.unstable.shape[0])
+        full[rows] = row_dist
+        pick = self.unstable[rows]
+        ks = rows[pick]
+        flipped = self.bound(-a[pick], -b[pick], radius)
+        lbs = np.empty(ks.shape[0])
+        before = 0.0
+        for start, end in self.layer_bounds:
+            seg = full[start:end]
+            in_layer = (ks >= start) & (ks < end)
+            if seg.size:
+                top = int(seg.argmax())
+                second = np.delete(seg, top).max(initial=0.0)
+                own = np.where(ks[in_layer] == start + top, second, seg[top])
+                lbs[in_layer] = np.maximum(np.maximum(flipped[in_layer], own), before)
+                before = max(before, float(seg[top]))
+        return ks, lbs
 
     def solve(self, a: np.ndarray, b: np.ndarray, radius: float):
         self.n_solves += 1
@@ -182,7 +222,7 @@ def geocert(
         best = float(upper_bound)
     if x_adv is not None:
         xa = net.flatten_input(x_adv.reshape(1, -1))[0].cpu().numpy()
-        if int(net(torch.as_tensor(xa)[None])[0].argmax()) != c:
+        if int(net(torch.as_tensor(xa)[None])[0].argmax()) != c and (xa >= domain[0]).all() and (xa <= domain[1]).all():
             dist = float(np.linalg.norm(xa - x0, ord={"l1": 1, "l2": 2, "linf": np.inf}[norm]))
             if dist < best:
                 best, best_x = dist, xa
@@ -201,18 +241,25 @@ def geocert(
             status = "timeout"
             break
         key, _, verified, pattern = heapq.heappop(heap)
-        a, b, logit_mat, logit_off = search.region(pattern)
-        if not verified:  # exact distance to the region, re-queued with it
-            sol = search.solve(a, b, limit())
-            if sol is not None and sol[1] < limit():
-                heapq.heappush(heap, (max(sol[1], key), counter, True, pattern))
-                counter += 1
+        a, b, rows, logit_mat, logit_off = search.region(pattern)
+        row_dist = search.bound(a, b, limit())
+        region_lb = max(key, float(row_dist.max(initial=0.0)))
+        if region_lb >= limit():
+            continue
+        if not verified:
+            if region_lb > key:  # the full closed-form bound moved it back: re-queue, solve only if still in front
+                heapq.heappush(heap, (region_lb, counter, False, pattern))
+            else:  # exact distance to the region, re-queued with it
+                sol = search.solve(a, b, limit())
+                if sol is not None and sol[1] < limit():
+                    heapq.heappush(heap, (max(sol[1], key), counter, True, pattern))
+            counter += 1
             continue
         n_regions += 1
         # adversarial part of the region, nearest half-space first: (f_c - f_j)(x) <= 0
         adv_a = logit_mat[c][None] - np.delete(logit_mat, c, axis=0)
         adv_b = np.delete(logit_off, c) - logit_off[c]
-        adv_lb = np.maximum(search.halfspace_lower_bound(adv_a, adv_b), key)
+        adv_lb = np.maximum(search.bound(adv_a, adv_b, limit()), region_lb)
         for j in np.argsort(adv_lb):
             if adv_lb[j] >= limit():
                 break
@@ -222,19 +269,19 @@ def geocert(
                 search.shrink(limit())
         if decision_eps is not None and best <= eps:
             break
-        # neighbours: flip each unstable ReLU; queue with the half-space lower bound of the neighbour region
-        for k in np.flatnonzero(search.unstable):
+        # neighbours: flip each unstable ReLU, queued with a closed-form lower bound
+        ks, lbs = search.neighbour_bounds(a, b, rows, row_dist, limit())
+        for k, lb in zip(ks, lbs):
+            if lb >= limit() or not search.unstable[k]:
+                continue
             flipped = pattern.copy()
             flipped[k] = not flipped[k]
             tag = flipped.tobytes()
             if tag in queued:
                 continue
-            na, nb, _, _ = search.region(flipped)
-            lb = float(search.halfspace_lower_bound(na, nb).max(initial=0.0))
-            if lb < limit():
-                queued.add(tag)
-                heapq.heappush(heap, (lb, counter, False, flipped))
-                counter += 1
+            queued.add(tag)
+            heapq.heappush(heap, (float(lb), counter, False, flipped))
+            counter += 1
     lower = min(heap[0][0], best) if heap else best
     if status is None:
         if decision_eps is not None:
@@ -257,26 +304,49 @@ def certify_geocert(
     y: torch.Tensor,
     norm: str = "l2",
     time_limit: float | None = None,
+    x_adv: torch.Tensor | None = None,
+    seed_search: bool = True,
 ) -> Certificate:
     """GeoCert on a batch: ``x`` ``(B, *input_shape)`` in [0, 1], labels ``y`` ``(B,)``; ``time_limit`` per example.
 
-    Misclassified examples get radius 0 and status ``misclassified``; the others ``exact`` (radius = upper) or
-    ``timeout`` (radius = the anytime lower bound). ``details`` holds per-example regions, solves and seconds.
+    Misclassified examples get radius 0 and status ``misclassified`` without a search; the others ``exact``
+    (radius = upper) or ``timeout`` (radius = the anytime lower bound). Each search is seeded with the nearer of
+    ``x_adv`` ``(B, *input_shape)`` (e.g. an attack's output) and, if ``seed_search``, the points found by
+    :func:`~mistered.certify.boundary_search.boundary_search` (all examples at once). ``details`` holds
+    per-example regions, solves, seconds and the seed distance.
     """
+    if norm not in NORMS:
+        raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
     start = time.perf_counter()
     net = model if isinstance(model, PiecewiseLinearNet) else PiecewiseLinearNet.from_module(model, tuple(x.shape[1:]))
     net = net.to(torch.float64)
-    radius, upper, status, preds = [], [], [], []
-    details: dict[str, list] = {"n_regions": [], "n_lp_solves": [], "seconds": []}
-    for xi, yi in zip(x, y):
-        result = geocert(net, xi.cpu(), norm=norm, time_limit=time_limit)
-        preds.append(result.predicted)
-        if result.predicted != int(yi):
+    flat = net.flatten_input(x.cpu() if net.device.type == "cpu" else x).to(net.device)
+    preds = net(flat).argmax(1).cpu()
+    seeds = [x_adv[i].reshape(-1).to(flat) if x_adv is not None else None for i in range(len(flat))]
+    seed_dist = [_dist(seed - xi, norm) if seed is not None else float("inf") for seed, xi in zip(seeds, flat)]
+    if seed_search and len(flat):
+        found, dist = boundary_search(net, flat, norm)
+        for i in range(len(flat)):
+            if float(dist[i]) < seed_dist[i]:
+                seeds[i], seed_dist[i] = found[i], float(dist[i])
+    radius, upper, status = [], [], []
+    details: dict[str, list] = {"n_regions": [], "n_lp_solves": [], "seconds": [], "seed_distance": []}
+    for i, yi in enumerate(y.tolist()):
+        if int(preds[i]) != int(yi):
             radius.append(0.0), upper.append(0.0), status.append("misclassified")
+            regions, solves, seconds = 0, 0, 0.0
         else:
+            result = geocert(net, flat[i].cpu(), norm=norm, time_limit=time_limit,
+                             x_adv=None if seeds[i] is None else seeds[i].cpu())
             radius.append(result.lower), upper.append(result.upper), status.append(result.status)
-        details["n_regions"].append(result.n_regions)
-        details["n_lp_solves"].append(result.n_lp_solves)
-        details["seconds"].append(result.seconds)
-    return Certificate("geocert", norm, torch.tensor(radius), torch.tensor(upper), status, torch.tensor(preds),
+            regions, solves, seconds = result.n_regions, result.n_lp_solves, result.seconds
+        details["n_regions"].append(regions)
+        details["n_lp_solves"].append(solves)
+        details["seconds"].append(seconds)
+        details["seed_distance"].append(seed_dist[i])
+    return Certificate("geocert", norm, torch.tensor(radius), torch.tensor(upper), status, preds,
                        y.cpu().clone(), time.perf_counter() - start, details)
+
+
+def _dist(delta: torch.Tensor, norm: str) -> float:
+    return float(torch.linalg.vector_norm(delta, ord={"l1": 1, "l2": 2, "linf": float("inf")}[norm]))

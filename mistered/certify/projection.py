@@ -81,6 +81,8 @@ def _linprog(cost, a_ub, b_ub, bounds) -> np.ndarray | None:
     if a_ub.shape[0] == 0:
         a_ub, b_ub = None, None
     res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs-ds")
+    if res.status == 4:  # numerical trouble in the simplex: the interior-point method with crossover instead
+        res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs-ipm")
     if res.status == 2:
         return None
     if res.status != 0:

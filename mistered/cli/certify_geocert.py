@@ -46,9 +46,10 @@ def run_geocert(
     cert = certify_geocert(model, images.images.to(dev), images.labels, norm=norm, time_limit=time_limit)
     out_dir = Path(out) if out is not None else default_out_dir("certify-geocert")
     examples = cert.to_json()
-    for row, regions, solves, seconds in zip(examples, cert.details["n_regions"], cert.details["n_lp_solves"],
-                                             cert.details["seconds"]):
-        row.update(n_regions=regions, n_lp_solves=solves, seconds=seconds)
+    stats = (cert.details[k] for k in ("n_regions", "n_lp_solves", "seconds", "seed_distance"))
+    for row, regions, solves, seconds, seed_dist in zip(examples, *stats):
+        row.update(n_regions=regions, n_lp_solves=solves, seconds=seconds,
+                   seed_distance=seed_dist if math.isfinite(seed_dist) else None)
         if not math.isfinite(row["radius"]):
             row["radius"] = None
     exact = [r["radius"] for r in examples if r["status"] == "exact" and r["radius"] is not None]

@@ -32,6 +32,7 @@ from ..io import atomic_torch_save, safe_torch_load
 
 __all__ = [
     "TRUNK_ENV",
+    "CACHE_ENV",
     "HUB_FILENAME",
     "CONV_INDICES",
     "KNOWN_TRUNK_STATS",
