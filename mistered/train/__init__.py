@@ -1,0 +1,20 @@
+"""Training: standard and adversarial (any threat, several at once), LMT, L∞-dist; resumable; distributed.
+
+The loop (:func:`fit`) is generic over an :class:`Objective`; :func:`build_objective` makes one by
+method name. Adversarial training uses :mod:`mistered.attacks` for its inner maximisation.
+"""
+
+from .adversarial import AdversarialObjective, StandardObjective, attack_batch
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import DistContext, init_distributed, shutdown_distributed
+from .evaluation import held_out_accuracy
+from .loop import TrainConfig, TrainResult, fit
+from .methods import METHODS, build_objective, default_method
+from .objectives import Objective
+from .strategies import STRATEGIES
+
+__all__ = [
+    "Objective", "StandardObjective", "AdversarialObjective", "attack_batch", "build_objective", "default_method",
+    "METHODS", "STRATEGIES", "TrainConfig", "TrainResult", "fit", "held_out_accuracy", "load_checkpoint",
+    "save_checkpoint", "DistContext", "init_distributed", "shutdown_distributed",
+]

@@ -1,0 +1,73 @@
+"""Training methods by name: ``standard``, ``adversarial``, ``lmt``, ``linf-dist`` -> an Objective.
+
+LMT and L∞-dist objectives are imported only when asked for (they pull in :mod:`mistered.certify`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import InvalidInputError
+from ..threats.base import Threat
+from .adversarial import AdversarialObjective, StandardObjective
+from .objectives import Objective
+
+__all__ = ["METHODS", "default_method", "build_objective"]
+
+#: method name -> "module:class" of objectives configured by keyword options
+_LAZY: dict[str, str] = {
+    "lmt": "mistered.train.lmt:LMTObjective",
+    "linf-dist": "mistered.train.linf_dist:LinfDistObjective",
+}
+METHODS: tuple[str, ...] = ("standard", "adversarial", *_LAZY)
+
+
+def default_method(threats: Sequence[Threat]) -> str:
+    """``"adversarial"`` when threats are given, else ``"standard"``."""
+    return "adversarial" if threats else "standard"
+
+
+def build_objective(
+    method: str,
+    *,
+    threats: Sequence[Threat] = (),
+    strategy: str = "max",
+    attack_steps: int = 7,
+    generator: torch.Generator | None = None,
+    **options: Any,
+) -> Objective:
+    """The training objective for ``method``.
+
+    Args:
+        method: one of :data:`METHODS`.
+        threats: the threats of adversarial training (required for, and only for, ``"adversarial"``).
+        strategy, attack_steps, generator: see :class:`~mistered.train.adversarial.AdversarialObjective`.
+        **options: keyword options of the LMT / L∞-dist objective (e.g. ``c``, ``pairwise`` for LMT).
+
+    Raises:
+        InvalidInputError: unknown method, a threat without adversarial training (or the reverse), or
+            options the method does not take.
+    """
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown training method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "adversarial":
+        if not threats:
+            raise InvalidInputError("adversarial training needs a threat: pass --threat (e.g. --threat linf)")
+    elif threats:
+        raise InvalidInputError(f"method {method!r} does not train against a threat; drop --threat or use --method adversarial")
+    if method in ("standard", "adversarial") and options:
+        raise InvalidInputError(f"method {method!r} takes no options {sorted(options)} (they belong to lmt/linf-dist)")
+    if method == "standard":
+        return StandardObjective()
+    if method == "adversarial":
+        return AdversarialObjective(threats, strategy=strategy, steps=attack_steps, generator=generator)
+    module_name, class_name = _LAZY[method].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        return cls(**options)
+    except TypeError as error:
+        raise InvalidInputError(f"method {method!r} does not take the options {options}: {error}") from None

@@ -1,0 +1,47 @@
+"""``mistered certify --method lmt|linf-dist``: bare commands on the bundled models, outputs, clear errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mistered.cli import main
+
+
+@pytest.mark.parametrize("method, norm", [("lmt", "l2"), ("linf-dist", "linf")])
+def test_bare_command_certifies_bundled_model_and_writes_outputs(tmp_path, method, norm):
+    result = CliRunner().invoke(main, ["certify", "--method", method, "--n", "50", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["command"] == "certify" and record["norm"] == norm and record["summary"]["n"] == 50
+    accuracies = list(record["summary"]["certified_accuracy"].values())
+    assert accuracies == sorted(accuracies, reverse=True)  # certified accuracy cannot grow with eps
+    assert 0 < accuracies[0] <= record["summary"]["clean_accuracy"]
+    assert len(record["examples"]) == 50
+    assert (tmp_path / "certified.png").stat().st_size > 0
+
+
+def test_eps_list_is_honoured(tmp_path):
+    result = CliRunner().invoke(main, ["certify", "--method", "linf-dist", "--n", "20", "--eps", "0.05,0.15", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert list(json.loads((tmp_path / "results.json").read_text())["summary"]["certified_accuracy"]) == ["0.05", "0.15"]
+
+
+def test_linf_dist_on_the_bundled_cnn_fails_in_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["certify", "--method", "linf-dist", "--model", "mnist-cnn", "--n", "5", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "L∞-dist net" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_lmt_on_an_linf_dist_net_names_the_unsupported_layer(tmp_path):
+    result = CliRunner().invoke(main, ["certify", "--method", "lmt", "--model", "mnist-linf-dist", "--n", "5", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "LinfDistNet" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["--eps", "0.1,abc"], ["--eps", "-1"], ["--n", "0"], ["--norm", "linf"]])
+def test_bad_options_fail_in_one_line(tmp_path, args):
+    result = CliRunner().invoke(main, ["certify", "--method", "lmt", *args, "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.startswith("Error") and len(result.output.strip().splitlines()) == 1
