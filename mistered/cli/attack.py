@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
 from ..errors import InvalidInputError
+from ..evaluate.plots import plot_examples
 
 __all__ = ["attack", "summarize", "plot_examples"]
 
@@ -32,37 +32,6 @@ def summarize(result) -> dict[str, float | int | None]:
         values = result.distances.get(name)
         summary[f"mean_{name}"] = float(values[fooled].mean()) if values is not None and int(fooled.sum()) else None
     return summary
-
-
-def plot_examples(result, path: Path, count: int = 8) -> Path:
-    """Save a grid: originals, adversarial images and ``|x_adv - x|`` magnified to full scale (successes first)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = torch.argsort((result.clean_correct & result.success).float(), descending=True, stable=True)[:count]
-    cols = max(int(order.numel()), 1)
-    fig, axes = plt.subplots(3, cols, figsize=(1.6 * cols, 5.0), squeeze=False)
-    for row, title in enumerate(("original", "adversarial", "|difference|")):
-        axes[row][0].set_ylabel(title)
-    for col, i in enumerate(order.tolist()):
-        diff = (result.x_adv[i] - result.x[i]).abs()
-        scale = float(diff.max())
-        images = (result.x[i], result.x_adv[i], diff / scale if scale > 0 else diff)
-        for row, image in enumerate(images):
-            array = image.detach().cpu().permute(1, 2, 0).numpy()
-            axes[row][col].imshow(array[..., 0] if array.shape[2] == 1 else array, cmap="gray", vmin=0, vmax=1)
-        label = f"{int(result.labels[i])}→{int(result.predictions[i])}"
-        axes[0][col].set_title(label + (f"\n×{1 / scale:.0f}" if scale > 0 else ""), fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 @click.command("attack")

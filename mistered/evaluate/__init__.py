@@ -1,0 +1,16 @@
+"""Empirical vs certified robustness of one model: attacks (upper bounds), certifiers (lower bounds), exact values.
+
+:func:`evaluate` runs, for each threat and ε, an ensemble of attacks (worst case per example) and every
+applicable certifier (:mod:`.plan`), checks the results against each other (:mod:`.sanity`: a certified
+example that an attack fooled is a hard error), saves finished chunks for resuming (:mod:`.state`) and
+writes ``results.json``, ``adversarial.pt``, ``robustness.png`` and ``examples.png``.
+"""
+
+from .plan import CERTIFIERS, CertifierPlan, CertifierSpec, plan_certifiers
+from .points import DEFAULT_EPS, EvalPoint, build_points, parse_eps, union_levels
+from .run import EvaluateConfig, evaluate
+
+__all__ = [
+    "CERTIFIERS", "CertifierPlan", "CertifierSpec", "DEFAULT_EPS", "EvalPoint", "EvaluateConfig",
+    "build_points", "evaluate", "parse_eps", "plan_certifiers", "union_levels",
+]

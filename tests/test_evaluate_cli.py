@@ -1,0 +1,56 @@
+"""``mistered evaluate``: a small run writes its outputs; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mistered.cli import main
+
+SMALL = ["--model", "mnist-fc", "--n", "4", "--threats", "l2", "--eps", "l2=1", "--steps", "2", "--autoattack", "off",
+         "--square-queries", "0", "--certify", "lmt"]
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, ["evaluate", *args])
+
+
+def test_evaluate_writes_table_json_and_plots(tmp_path):
+    result = _run(*SMALL, "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "results.json").read_text())
+    point = record["summary"]["points"][0]
+    assert point["threat"] == "l2(1)" and point["certified"]["lmt"]["accuracy"] <= point["robust_accuracy"]
+    assert "l2(1)" in result.output
+    for name in ("robustness.png", "examples.png", "adversarial.pt"):
+        assert (tmp_path / name).stat().st_size > 500
+
+
+def test_resume_of_a_finished_run_gives_the_same_summary(tmp_path):
+    assert _run(*SMALL, "--out", str(tmp_path)).exit_code == 0
+    first = json.loads((tmp_path / "results.json").read_text())["summary"]
+    result = _run(*SMALL, "--resume", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "results.json").read_text())["summary"] == first
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--eps", "linf=abc"], "--eps"),
+    (["--eps", "l3=0.1"], "norm"),
+    (["--threats", "nonsense"], "nonsense"),
+    (["--n", "0"], "--n"),
+    (["--certify", "magic"], "magic"),
+    (["--steps", "0"], "--steps"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(args, needle, tmp_path):
+    result = _run(*args, "--out", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
+
+
+def test_resume_of_a_folder_without_state_is_an_error(tmp_path):
+    result = _run(*SMALL, "--resume", str(tmp_path / "missing"))
+    assert result.exit_code == 2 and "no saved evaluation" in result.output
