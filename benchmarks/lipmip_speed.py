@@ -1,0 +1,113 @@
+"""LipMIP and the estimators it is compared with, on the LipMIP paper's network shapes (Jordan & Dimakis 2020).
+
+Binary MNIST 1-vs-7 networks 784-20-20-2 (28x28) and 196-20-20-2 (14x14, 2x2 average pooled), trained here on
+the bundled ``mnist-5k`` train split (fixed seed, one thread), L∞ boxes of radius 0.1 and 0.2 around a few test
+digits, and random synthetic networks with 2-D and 16-D inputs. Every estimator's value and time; the margin
+objective f_7 - f_1; primal norm L∞ (dual L1). Writes its section of ``benchmarks/RESULTS.md``.
+
+Reference (original LipMIP + Gurobi, one thread): median 5.6 s (r=0.1) and 8.8 s (r=0.2) on 196-20-20-2.
+
+Usage: ``python benchmarks/lipmip_speed.py [--points 3] [--time-limit 120]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import machine_description, update_section  # noqa: E402
+
+from mistered.certify.local_lipschitz import METHODS, EstimatorOptions, estimate_lipschitz  # noqa: E402
+from mistered.data import load_dataset  # noqa: E402
+
+
+def binary_mnist(pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1-vs-7 train and test images (flattened, optionally ``pool``x``pool`` average pooled) and 0/1 labels."""
+    out = []
+    for split in ("train", "test"):
+        data = load_dataset("mnist-5k", split)
+        keep = (data.labels == 1) | (data.labels == 7)
+        x = data.images[keep]
+        if pool > 1:
+            x = nn.functional.avg_pool2d(x, pool)
+        out += [x.reshape(len(x), -1), (data.labels[keep] == 7).long()]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def train_binary(x: torch.Tensor, y: torch.Tensor, hidden: tuple[int, ...], seed: int = 0) -> nn.Sequential:
+    """A small ReLU MLP trained with Adam for 10 epochs (seconds on one CPU thread)."""
+    torch.manual_seed(seed)
+    sizes = (x.shape[1], *hidden, 2)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [nn.Linear(a, b), nn.ReLU()] if i < len(sizes) - 2 else [nn.Linear(a, b)]
+    net = nn.Sequential(*layers)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(10):
+        perm = torch.randperm(len(x), generator=generator)
+        for i in range(0, len(x), 64):
+            idx = perm[i : i + 64]
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def synthetic(d: int, seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 2)).eval()
+
+
+def run_setting(name: str, net: nn.Module, x: torch.Tensor, radius: float, opts: EstimatorOptions) -> list[str]:
+    rows = []
+    for method in METHODS:
+        est = estimate_lipschitz(net, x, radius, "linf", (1, 0), method, options=opts)
+        times = est.details.get("example_seconds", [est.seconds / len(x)] * len(x))
+        exact = sum(s == "exact" for s in est.status)
+        status = f"{exact}/{len(x)} exact" if method == "lipmip" else est.kind
+        rows.append(f"| {name} | {radius} | {method} | {statistics.median(est.value.tolist()):.4g} | "
+                    f"{statistics.median(times):.3g} | {max(times):.3g} | {status} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=3, help="test points per setting")
+    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per LipMIP/LP problem")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    opts = EstimatorOptions(time_limit=args.time_limit)
+    rows: list[str] = []
+    for pool, label in ((2, "MNIST 1v7 196-20-20-2"), (1, "MNIST 1v7 784-20-20-2")):
+        x_train, y_train, x_test, y_test = binary_mnist(pool)
+        net = train_binary(x_train, y_train, (20, 20))
+        accuracy = float((net(x_test).argmax(1) == y_test).float().mean())
+        for radius in (0.1, 0.2):
+            rows += run_setting(f"{label} (test acc {accuracy:.3f})", net, x_test[: args.points], radius, opts)
+    for d in (2, 16):
+        x = torch.rand(args.points, d, generator=torch.Generator().manual_seed(d))
+        for radius in (0.1, 0.5):
+            rows += run_setting(f"synthetic {d}-20-20-2", synthetic(d, d), x, radius, opts)
+    header = [
+        f"Machine: {machine_description()}; one thread; LipMIP on SCIP (OR-Tools, cutting planes off), forward",
+        f"(tangent) encoding for the margin f_1 - f_0; LP = relaxation of the backward (paper's) encoding on GLOP;",
+        f"{args.points} test points per row, time limit {args.time_limit:.0f} s per problem; value = median over points.",
+        "Reference: original LipMIP + Gurobi, one thread, 196-20-20-2: median 5.6 s (r=0.1), 8.8 s (r=0.2).",
+        "",
+        "| network | radius | method | median value | median s | max s | kind / status |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    update_section("lipmip_speed", "\n".join(header + rows))
+
+
+if __name__ == "__main__":
+    main()
