@@ -12,18 +12,10 @@ from mistered.certify.geocert import geocert
 from mistered.certify.mindist_mip import mindist_mip
 from mistered.errors import UnsupportedLayerError
 from mistered.certify.plnet import PiecewiseLinearNet
+from _nets import random_box_crossing_net
 
 
-def _random_net(seed: int, sizes: tuple[int, ...]) -> PiecewiseLinearNet:
-    """Random ReLU net whose ReLU hyperplanes and decision boundaries cross the unit box."""
-    gen = torch.Generator().manual_seed(seed)
-    weights, biases = [], []
-    for i in range(len(sizes) - 1):
-        w = torch.randn(sizes[i + 1], sizes[i], generator=gen, dtype=torch.float64)
-        b = 0.3 * torch.randn(sizes[i + 1], generator=gen, dtype=torch.float64)
-        weights.append(w)
-        biases.append(b - w @ torch.full((sizes[i],), 0.5, dtype=torch.float64) if i == 0 else b)
-    return PiecewiseLinearNet(weights, biases, (sizes[0],))
+_random_net = random_box_crossing_net
 
 
 def _brute_force_2d(net: PiecewiseLinearNet, x0: np.ndarray, norm: str) -> float:

@@ -12,19 +12,12 @@ from mistered.certify.geocert import _Search, certify_geocert, geocert
 from mistered.certify.halfspace import halfspace_projection
 from mistered.certify.plnet import PiecewiseLinearNet
 from mistered.certify.projection import polytope_distance
+from _nets import random_box_crossing_net
 
 _ORDER = {"l1": 1, "l2": 2, "linf": float("inf")}
 
 
-def _random_net(seed: int, sizes: tuple[int, ...]) -> PiecewiseLinearNet:
-    gen = torch.Generator().manual_seed(seed)
-    weights, biases = [], []
-    for i in range(len(sizes) - 1):
-        w = torch.randn(sizes[i + 1], sizes[i], generator=gen, dtype=torch.float64)
-        b = 0.3 * torch.randn(sizes[i + 1], generator=gen, dtype=torch.float64)
-        weights.append(w)
-        biases.append(b - w @ torch.full((sizes[i],), 0.5, dtype=torch.float64) if i == 0 else b)
-    return PiecewiseLinearNet(weights, biases, (sizes[0],))
+_random_net = random_box_crossing_net
 
 
 def _point(seed: int, d: int) -> torch.Tensor:

@@ -41,6 +41,33 @@ class Certificate:
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_radii(
+        cls,
+        method: str,
+        norm: str,
+        radius: torch.Tensor,
+        predictions: torch.Tensor,
+        labels: torch.Tensor,
+        seconds: float,
+        details: dict[str, Any] | None = None,
+    ) -> Certificate:
+        """A certificate of lower bounds only (no upper bound known): ``radius`` ``(B,)`` is zeroed where
+        ``predictions != labels``, whose status is ``misclassified``; the others are ``certified``."""
+        correct = predictions == labels
+        radius = torch.where(correct, radius, torch.zeros_like(radius)).detach().cpu()
+        return cls(
+            method=method,
+            norm=norm,
+            radius=radius,
+            upper=torch.full_like(radius, float("inf")),
+            status=["certified" if c else "misclassified" for c in correct.tolist()],
+            predictions=predictions.cpu(),
+            labels=labels.cpu(),
+            seconds=seconds,
+            details=details or {},
+        )
+
     def certified_at(self, eps: float) -> torch.Tensor:
         """``(B,)`` bool: correctly classified and provably robust in the closed ball of radius ``eps``."""
         correct = self.predictions == self.labels

@@ -145,17 +145,5 @@ def certify_linf_dist(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Cer
         start = time.perf_counter()
         raw = model.raw(x)
         radius = linf_dist_radius(raw)
-        pred = raw.argmax(dim=1)
-        correct = pred == y
-        radius = torch.where(correct, radius, torch.zeros_like(radius))
         seconds = time.perf_counter() - start
-    return Certificate(
-        method="linf-dist",
-        norm="linf",
-        radius=radius.cpu(),
-        upper=torch.full_like(radius, float("inf")).cpu(),
-        status=["certified" if c else "misclassified" for c in correct.tolist()],
-        predictions=pred.cpu(),
-        labels=y.cpu(),
-        seconds=seconds,
-    )
+    return Certificate.from_radii("linf-dist", "linf", radius, raw.argmax(dim=1), y, seconds)

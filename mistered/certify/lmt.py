@@ -110,20 +110,10 @@ class LMTCertifier:
         start = time.perf_counter()
         logits = self.model(x)
         radius = self.radius(logits, tuple(x.shape[1:]))
-        pred = logits.argmax(dim=1)
-        correct = pred == y
-        radius = torch.where(correct, radius, torch.zeros_like(radius))
         seconds = time.perf_counter() - start
         lipschitz, _ = self.constant(tuple(x.shape[1:]))
-        return Certificate(
-            method="lmt",
-            norm="l2",
-            radius=radius.cpu(),
-            upper=torch.full_like(radius, float("inf")).cpu(),
-            status=["certified" if c else "misclassified" for c in correct.tolist()],
-            predictions=pred.cpu(),
-            labels=y.cpu(),
-            seconds=seconds,
+        return Certificate.from_radii(
+            "lmt", "l2", radius, logits.argmax(dim=1), y, seconds,
             details={"lipschitz": float(lipschitz), "pairwise": self.pairwise},
         )
 

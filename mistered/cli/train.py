@@ -29,9 +29,13 @@ __all__ = ["train"]
               help="Architecture name from the model registry [default: mnist-cnn; linf-dist-net for --method linf-dist].")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Examples per step per process.")
-@click.option("--lr", type=float, default=0.05, show_default=True, help="Peak learning rate.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True, help="L2 penalty of the optimizer.")
+@click.option("--width", type=int, default=None, help="Architecture width (hidden units or channels) [default: the architecture's].")
+@click.option("--depth", type=int, default=None, help="Architecture depth (hidden layers) [default: the architecture's].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [default: 0.05; lmt 1e-3; linf-dist 0.01].")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
+              help="[default: sgd; adam for lmt and linf-dist]")
+@click.option("--weight-decay", type=float, default=None,
+              help="L2 penalty of the optimizer [default: 5e-4; 0 for lmt and linf-dist].")
 @click.option("--shift", type=int, default=0, show_default=True, help="Augment: random translations of up to N pixels.")
 @click.option("--schedule", type=click.Choice(["cosine", "multistep", "constant"]), default="cosine", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -48,7 +52,7 @@ __all__ = ["train"]
 @click.option("--pairwise", is_flag=True, help="LMT: the tighter pairwise last-layer bound.")
 @click.option("--eps", "dist_eps", type=float, default=None, help="L-inf-dist: the training radius of its hinge loss.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
-def train(threats, strategy, method, data, arch, epochs, batch_size, lr, optimizer, weight_decay, shift, schedule, seed, device, out_dir,
+def train(threats, strategy, method, data, arch, epochs, batch_size, width, depth, lr, optimizer, weight_decay, shift, schedule, seed, device, out_dir,
           resume, attack_steps, checkpoint_every, n_train, eval_n, eval_threat, lmt_c, pairwise, dist_eps, progress) -> None:
     """Train a model and write model.pt, checkpoints/, log.json, curves.png and results.json to --out."""
     from ..data import load_dataset
@@ -74,6 +78,10 @@ def train(threats, strategy, method, data, arch, epochs, batch_size, lr, optimiz
     arch = arch or ("linf-dist-net" if method == "linf-dist" else "mnist-cnn")
     if n_train is not None and n_train < 1:
         raise InvalidInputError(f"--n-train must be >= 1, got {n_train}")
+    defaults = _OPTIMIZER_DEFAULTS.get(method, _OPTIMIZER_DEFAULTS["standard"])
+    optimizer = optimizer or defaults["optimizer"]
+    lr = defaults["lr"] if lr is None else lr
+    weight_decay = defaults["weight_decay"] if weight_decay is None else weight_decay
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                          schedule=schedule, seed=seed, shift=shift, checkpoint_every=checkpoint_every, eval_n=eval_n,
                          eval_attack_steps=max(attack_steps, 1))
@@ -83,7 +91,8 @@ def train(threats, strategy, method, data, arch, epochs, batch_size, lr, optimiz
         if n_train is not None:
             train_set = train_set.subset(n_train)
         torch.manual_seed(seed)  # the model's initial weights
-        model = build_model(arch, num_classes=train_set.num_classes)
+        arch_kwargs = _arch_kwargs(arch, train_set, width=width, depth=depth)
+        model = build_model(arch, **arch_kwargs)
         generator = torch.Generator().manual_seed(seed)
         objective = build_objective(method, threats=parsed, strategy=strategy, attack_steps=attack_steps,
                                     generator=generator, **options)
@@ -101,12 +110,43 @@ def train(threats, strategy, method, data, arch, epochs, batch_size, lr, optimiz
                      generator=generator, progress=progress)
         seconds = time.perf_counter() - start
         if ctx.is_main:
-            _report(result, out, arch, train_set.num_classes, run_info, config, evaluated, ctx, seconds)
+            _report(result, out, arch, arch_kwargs, run_info, config, evaluated, ctx, seconds)
     finally:
         shutdown_distributed(ctx)
 
 
-def _report(result, out, arch, num_classes, run_info, config, evaluated, ctx, seconds) -> None:
+#: Optimiser defaults per method (an explicit --optimizer/--lr/--weight-decay wins). L∞-dist follows
+#: Zhang et al. 2022 (Adam, lr 0.01 on [0, 1] pixels, no weight decay); LMT uses Adam as in Tsuzuku et al.
+_OPTIMIZER_DEFAULTS = {
+    "standard": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4},
+    "lmt": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0},
+    "linf-dist": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.0},
+}
+
+
+def _arch_kwargs(arch: str, data, width: int | None, depth: int | None) -> dict:
+    """Builder arguments: the class count, the input shape where the builder takes it, and --width/--depth."""
+    import inspect
+
+    from ..errors import InvalidInputError
+    from ..models.registry import get_builder
+
+    accepted = inspect.signature(get_builder(arch)).parameters
+    channels, size = data.images.shape[1], data.images.shape[-1]
+    kwargs = {"num_classes": data.num_classes}
+    kwargs.update({k: v for k, v in (("in_channels", channels), ("image_size", size)) if k in accepted})
+    for name, value in (("width", width), ("depth", depth)):
+        if value is None:
+            continue
+        if name not in accepted:
+            raise InvalidInputError(f"architecture {arch!r} has no {name!r}; it takes {', '.join(accepted)}")
+        if value < 1:
+            raise InvalidInputError(f"--{name} must be >= 1, got {value}")
+        kwargs[name] = value
+    return kwargs
+
+
+def _report(result, out, arch, arch_kwargs, run_info, config, evaluated, ctx, seconds) -> None:
     """Rank 0: save the final model, write results.json and print the per-epoch table."""
     from dataclasses import asdict
 
@@ -121,7 +161,7 @@ def _report(result, out, arch, num_classes, run_info, config, evaluated, ctx, se
             "train_examples": run_info["n_train"], "dataset": run_info["data"], "test_accuracy": last.get("clean_acc"),
             "robust_accuracy": last.get("robust_acc"), "eval_threat": evaluated.name if evaluated is not None else None,
             "torch": torch.__version__}
-    save_model(out / "model.pt", result.model.cpu(), arch, {"num_classes": num_classes}, meta)
+    save_model(out / "model.pt", result.model.cpu(), arch, arch_kwargs, meta)
     settings = {**run_info, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
                 "eval_threat": meta["eval_threat"]}
     summary = {"clean_acc": last.get("clean_acc"), "robust_acc": last.get("robust_acc"), "steps": result.steps,
