@@ -14,10 +14,16 @@ import torch
 from .device import describe_device
 from .io import atomic_write_json
 
-__all__ = ["SCHEMA_VERSION", "package_versions", "make_record", "write_record", "default_out_dir"]
+__all__ = ["SCHEMA_VERSION", "fraction", "package_versions", "make_record", "write_record", "default_out_dir"]
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("mistered", "torch", "torchvision", "kornia", "lpips", "piq", "torchattacks", "ortools", "numpy")
+
+
+def fraction(mask: torch.Tensor) -> float:
+    """The exact fraction of true entries of a bool tensor (``count / n`` in float64; 0.0 when empty),
+    so that reported accuracies compare exactly across commands and with re-computations."""
+    return int(mask.sum()) / mask.numel() if mask.numel() else 0.0
 
 
 def package_versions() -> dict[str, str]:

@@ -75,7 +75,8 @@ class Certificate:
 
     def certified_accuracy(self, eps: float) -> float:
         """Fraction of examples certified at ``eps``."""
-        return float(self.certified_at(eps).float().mean()) if self.radius.numel() else 0.0
+        correct_and_robust = self.certified_at(eps)
+        return int(correct_and_robust.sum()) / correct_and_robust.numel() if correct_and_robust.numel() else 0.0
 
     def to_json(self) -> list[dict[str, Any]]:
         """Per-example records for a results file."""

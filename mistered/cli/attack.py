@@ -9,6 +9,7 @@ import click
 
 from ..errors import InvalidInputError
 from ..evaluate.plots import plot_examples
+from ..results import fraction
 
 __all__ = ["attack", "summarize", "plot_examples"]
 
@@ -24,9 +25,9 @@ def summarize(result) -> dict[str, float | int | None]:
     n = int(result.labels.shape[0])
     summary: dict[str, float | int | None] = {
         "n": n,
-        "clean_accuracy": float(correct.float().mean()) if n else 0.0,
-        "robust_accuracy": float(result.robust.float().mean()) if n else 0.0,
-        "attack_success_rate": float(fooled.sum() / correct.sum()) if int(correct.sum()) else 0.0,
+        "clean_accuracy": fraction(correct),
+        "robust_accuracy": fraction(result.robust),
+        "attack_success_rate": int(fooled.sum()) / int(correct.sum()) if int(correct.sum()) else 0.0,
     }
     for name in ("lpips", "ssim", "linf", "l2"):
         values = result.distances.get(name)

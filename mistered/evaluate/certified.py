@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..certify.certificate import Certificate
+from ..results import fraction
 from .plan import CertifierPlan, CertifierSpec
 from .state import EvaluationState
 
@@ -61,4 +62,4 @@ def exact_accuracy(cert: Certificate, eps: float) -> tuple[float | None, int]:
     undecided = int((~robust & ~attacked).sum())
     if undecided or not cert.radius.numel():
         return None, undecided
-    return float(robust.float().mean()), 0
+    return fraction(robust), 0
