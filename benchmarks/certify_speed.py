@@ -9,7 +9,7 @@ Measures, on this machine, and rewrites the ``certify_speed`` section of ``bench
    intermediate tensor against the naive ``(B, out, in)`` broadcast;
 3. certified L2 accuracy of the bundled LMT model beside the standard bundled CNN (LMT bound on both);
 4. with ``--fmnist``, the certified accuracy at eps = 0.1 of an L∞-dist checkpoint on Fashion-MNIST
-   (trained by ``benchmarks/train_certified_models.py``; its command is read from the checkpoint).
+   (trained by ``mistered train --method linf-dist``; its command is read from the checkpoint).
 """
 
 from __future__ import annotations
