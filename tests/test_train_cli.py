@@ -41,3 +41,18 @@ def test_resume_without_out_is_a_one_line_error():
 def test_lmt_option_without_lmt_method_is_a_one_line_error():
     result = CliRunner().invoke(main, ["train", "--pairwise"])
     assert result.exit_code == 2 and "add --method lmt" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_data_the_architecture_cannot_take_is_one_error_line(tmp_path, monkeypatch):
+    import torch
+    from click.testing import CliRunner
+
+    from mistered.cli import main
+    from mistered.data import LabeledImages
+    import mistered.data
+
+    rgb = LabeledImages(torch.rand(8, 3, 32, 32), torch.arange(8) % 10, 10, "rgb")
+    monkeypatch.setattr(mistered.data, "load_dataset", lambda name, split: rgb)
+    result = CliRunner().invoke(main, ["train", "--epochs", "1", "--out", str(tmp_path / "run")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "cannot take rgb images" in lines[0], result.output

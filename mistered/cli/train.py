@@ -93,6 +93,7 @@ def train(threats, strategy, method, data, arch, epochs, batch_size, width, dept
         torch.manual_seed(seed)  # the model's initial weights
         arch_kwargs = _arch_kwargs(arch, train_set, width=width, depth=depth)
         model = build_model(arch, **arch_kwargs)
+        _check_fits(model, arch, train_set)
         generator = torch.Generator().manual_seed(seed)
         objective = build_objective(method, threats=parsed, strategy=strategy, attack_steps=attack_steps,
                                     generator=generator, **options)
@@ -144,6 +145,24 @@ def _arch_kwargs(arch: str, data, width: int | None, depth: int | None) -> dict:
             raise InvalidInputError(f"--{name} must be >= 1, got {value}")
         kwargs[name] = value
     return kwargs
+
+
+def _check_fits(model: torch.nn.Module, arch: str, data) -> None:
+    """One forward pass on one training image, so data the architecture cannot take is a clear error."""
+    from ..errors import InvalidInputError
+
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(data.images[:1])
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise InvalidInputError(
+            f"architecture {arch!r} cannot take {data.name} images of shape {tuple(data.images.shape[1:])} "
+            f"({reason}); choose an architecture for this data with --model"
+        ) from None
+    finally:
+        model.train()
 
 
 def _report(result, out, arch, arch_kwargs, run_info, config, evaluated, ctx, seconds) -> None:
