@@ -138,3 +138,18 @@ def test_cli_resume_from_corrupt_checkpoint_exits_2_with_one_line(tmp_path):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: checkpoint")
+
+
+def _lmt(generator: torch.Generator):
+    from mistered.train.lmt import LMTObjective
+
+    return LMTObjective(c=0.1, warmup=0.0)
+
+
+def test_lmt_resume_restores_its_power_iteration_vectors_bitwise(tmp_path):
+    whole = _run(tmp_path / "whole", _lmt)
+    with pytest.raises(_Stop):
+        _run(tmp_path / "cut", _lmt, on_step=_stop_at(6))
+    resumed = _run(tmp_path / "cut", _lmt, resume=True)
+    for a, b in zip(_weights(whole.model), _weights(resumed.model)):
+        assert torch.equal(a, b)

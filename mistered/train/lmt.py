@@ -44,6 +44,18 @@ class LMTObjective:
         self.pairwise = pairwise
         self._bound: LipschitzBound | None = None
         self._key: tuple[int, tuple[int, ...]] | None = None
+        self._pending_state: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The power-iteration vectors of the bound (checkpointed so a resumed run is bitwise identical)."""
+        if self._bound is None:
+            return dict(self._pending_state)
+        return {k: v.detach().clone() for k, v in self._bound.state_dict().items() if k.endswith(".vector")}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the vectors of :meth:`state_dict`; applied when the bound is (re)built on the next call."""
+        self._pending_state = dict(state)
+        self._bound = None
 
     def current_c(self, progress: float) -> float:
         """``c`` at ``progress`` in ``[0, 1]`` (linear warm-up)."""
@@ -58,6 +70,9 @@ class LMTObjective:
         if self._bound is None or self._key != key:
             self._bound = LipschitzBound(net, input_shape)
             self._key = key
+            if self._pending_state:
+                self._bound.load_state_dict(self._pending_state, strict=False)
+                self._pending_state = {}
         return self._bound
 
     def __call__(

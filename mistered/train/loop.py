@@ -33,7 +33,7 @@ from .checkpoint import capture_rng, check_config, load_checkpoint, restore_rng,
 from .curves import plot_learning_curves
 from .distributed import DistContext, all_gather_tensors, all_reduce_sum, shard_indices, wrap_model
 from .evaluation import held_out_accuracy
-from .objectives import Objective
+from .objectives import Objective, load_objective_state, objective_state
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "make_optimizer", "make_scheduler"]
 
@@ -229,6 +229,7 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"], generator, ctx)
+        load_objective_state(objective, state.get("objective", {}))
         epoch, step, step_in_epoch = int(state["epoch"]), int(state["step"]), int(state["step_in_epoch"])
         sums = state["epoch_sums"][ctx.rank].to(torch.float64).cpu().clone()
         result.history, result.best_metric = list(state["history"]), float(state["best_metric"])
@@ -246,6 +247,7 @@ def fit(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng, "epoch": epoch, "step": step, "step_in_epoch": step_in_epoch, "epoch_sums": all_sums,
                 "history": result.history, "best_metric": result.best_metric, "config": fingerprint,
+                "objective": objective_state(objective),
             }
             save_checkpoint(last_path, state)
             if best:

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-__all__ = ["Objective"]
+__all__ = ["Objective", "objective_state", "load_objective_state"]
 
 
 class Objective(Protocol):
@@ -26,3 +26,16 @@ class Objective(Protocol):
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def objective_state(objective: Objective) -> dict[str, torch.Tensor]:
+    """The state a stateful objective (one with ``state_dict()``, e.g. LMT's power-iteration vectors) must
+    carry across a resume; ``{}`` for stateless ones."""
+    state_dict = getattr(objective, "state_dict", None)
+    return dict(state_dict()) if callable(state_dict) else {}
+
+
+def load_objective_state(objective: Objective, state: dict[str, torch.Tensor]) -> None:
+    """Give a stateful objective back what :func:`objective_state` took (no-op when ``state`` is empty)."""
+    if state:
+        objective.load_state_dict(state)  # type: ignore[attr-defined]
