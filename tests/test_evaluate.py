@@ -165,6 +165,22 @@ def test_bundled_lmt_model_keeps_empirical_above_certified(tmp_path):
     assert geocert and not geocert[0]["applies"] and "ReLUs" in geocert[0]["reason"]
 
 
+def test_bundled_linf_dist_model_keeps_empirical_above_certified(tmp_path):
+    from mistered.data import load_dataset
+    from mistered.models import load_model
+
+    model = load_model("mnist-linf-dist")
+    data = load_dataset("mnist-5k", "test").subset(8)
+    config = EvaluateConfig(threats=("linf",), eps={"linf": (0.05, 0.2), "l2": (1.0,)}, certify=("linf-dist", "lmt"),
+                            steps=5, square_queries=0, cw=False, autoattack="off", batch_size=8)
+    record = evaluate(model, data, tmp_path, config, model_name="mnist-linf-dist")
+    for point in record["summary"]["points"]:
+        assert point["certified"]["linf-dist"]["accuracy"] <= point["robust_accuracy"]
+    assert record["summary"]["points"][0]["certified"]["linf-dist"]["accuracy"] > 0
+    lmt = [p for p in record["summary"]["certifiers"] if p["method"] == "lmt"]
+    assert lmt and not lmt[0]["applies"]
+
+
 class _Softmaxed(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()

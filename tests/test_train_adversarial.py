@@ -70,3 +70,20 @@ def test_build_objective_wires_methods_and_refuses_mismatches():
     with pytest.raises(InvalidInputError, match="unknown training method"):
         build_objective("magic")
     assert type(build_objective("lmt", c=0.5, pairwise=True)).__name__ == "LMTObjective"
+
+
+@pytest.mark.parametrize("metric", ["ssim", "lpips"])
+def test_perceptual_adversarial_training_keeps_every_training_example_inside_the_bound(metric):
+    from mistered.metrics import distance
+    from mistered.threats import parse_threat
+    from mistered.train.adversarial import attack_batch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)  # every example starts correctly classified, so every one is attacked
+    threat = parse_threat(f"flow(0.05)>>linf(0.3)|{metric}<=0.05")
+    x_adv = attack_batch(model, threat, x, y, steps=3)
+    assert bool((distance(metric, x, x_adv) <= 0.05 * (1 + 1e-4)).all())
+    assert bool(((x_adv - x).flatten(1).abs().amax(dim=1) > 0).all())

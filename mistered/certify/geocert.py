@@ -14,9 +14,9 @@ Pruning, cheapest first (every rule is a valid lower bound, so the answer stays 
   flipped row, all neighbours at once; its full bound is taken when it reaches the front of the queue, and the
   exact projection is solved only if it still is in front; entries at or beyond the upper bound are dropped;
 * the adversarial half-spaces of a region get the same closed-form bound before any solve;
-* ReLUs that interval bounds prove stable are never flipped and their constraints are dropped; the bounds are
-  taken over the search box and, for L2 and L1, also over the norm ball of radius = the upper bound (first layer
-  exact, then interval propagation), recomputed whenever the upper bound shrinks by 10 %;
+* ReLUs that linear-relaxation (CROWN) bounds prove stable are never flipped and their constraints are dropped;
+  the bounds are taken over the search box and, for L2 and L1, also over the norm ball of radius = the upper
+  bound (first layer exact, then interval propagation), recomputed whenever the upper bound shrinks by 10 %;
 * the search box is the domain intersected with the L∞ ball of radius = the best upper bound (for L1 and L2 that
   ball encloses the norm ball of the same radius, so it never cuts off the optimum — unlike shrinking it to the L∞
   size of one projection, the original implementation's L2 bug);
@@ -41,6 +41,7 @@ from .boundary_search import boundary_search
 from .certificate import Certificate
 from .halfspace import halfspace_projection
 from .interval import interval_bounds
+from .linear_bounds import linear_bounds
 from .plnet import PiecewiseLinearNet
 from .projection import polytope_distance
 
@@ -105,7 +106,7 @@ class _Search:
             return
         self.box_radius = radius
         lo, hi = (torch.as_tensor(v)[None] for v in self.box(radius))
-        bounds = interval_bounds(self.net, lo, hi)
+        bounds = linear_bounds(self.net, lo, hi)
         if self.norm != "linf" and np.isfinite(radius):  # the first layer over the norm ball, exactly
             w1 = self.net.weights[0]
             centre = w1 @ torch.as_tensor(self.x0) + self.net.biases[0]
@@ -344,7 +345,8 @@ def certify_geocert(
         details["n_lp_solves"].append(solves)
         details["seconds"].append(seconds)
         details["seed_distance"].append(seed_dist[i])
-    return Certificate("geocert", norm, torch.tensor(radius), torch.tensor(upper), status, preds,
+    return Certificate("geocert", norm, torch.tensor(radius, dtype=torch.float64),
+                       torch.tensor(upper, dtype=torch.float64), status, preds,
                        y.cpu().clone(), time.perf_counter() - start, details)
 
 
