@@ -38,13 +38,6 @@ def test_attack_writes_results_json_with_summary_and_examples_png(checkpoint, tm
 
 
 def test_bare_attack_command_runs_on_the_bundled_model(tmp_path):
-    from mistered.errors import MisteredError
-    from mistered.models import load_model
-
-    try:
-        load_model()
-    except MisteredError as error:
-        pytest.skip(f"no bundled default model yet: {error}")
     result = _run("--n", "4", "--steps", "2", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "results.json").exists() and (tmp_path / "examples.png").exists()

@@ -12,11 +12,9 @@ import torch
 
 from mistered.attacks import PGD
 from mistered.data import load_dataset
-from mistered.metrics.lpips_trunk import trunk_source_available
 from mistered.models import load_model
 from mistered.threats import PerceptualBudget, Threat, parse_threat
 
-pytestmark = pytest.mark.skipif(not trunk_source_available(), reason="no AlexNet trunk source on this machine")
 
 N_DIGITS, STEPS, SEED = 48, 10, 0
 

@@ -1,6 +1,5 @@
 """The shared plumbing: input validation, atomic writes, safe checkpoint loading, the CLI's error contract."""
 
-import pickle
 
 import pytest
 import torch

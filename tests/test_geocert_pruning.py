@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from mistered.certify.boundary_search import boundary_search
 from mistered.certify.geocert import _Search, certify_geocert, geocert
 from mistered.certify.halfspace import halfspace_projection
-from mistered.certify.plnet import PiecewiseLinearNet
 from mistered.certify.projection import polytope_distance
 from _nets import random_box_crossing_net
 

@@ -14,7 +14,6 @@ from torch import nn
 
 from mistered.certify.local_lipschitz import EstimatorOptions, estimate_lipschitz, resolve_objective
 from mistered.certify.plnet import PiecewiseLinearNet
-from mistered.errors import InvalidInputError, UnsupportedLayerError
 
 
 def random_net(seed: int, sizes: tuple[int, ...], bias_scale: float = 0.5) -> nn.Sequential:

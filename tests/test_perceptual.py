@@ -11,9 +11,7 @@ from mistered.errors import InvalidInputError
 from mistered.threats import Additive, PerceptualBudget, Union, parse_threat
 from mistered.threats.perceptual import _AIMS, ACCEPT_RTOL, PerceptualPerturbation
 
-from mistered.metrics.lpips_trunk import trunk_source_available
 
-needs_trunk = pytest.mark.skipif(not trunk_source_available(), reason="no AlexNet trunk source on this machine")
 
 
 def _digits(n: int = 8) -> torch.Tensor:
@@ -45,7 +43,6 @@ def _count_metric_calls(perturbation: PerceptualPerturbation) -> list[int]:
     return calls
 
 
-@needs_trunk
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**16), metric=st.sampled_from(["lpips", "ssim"]), bound=st.sampled_from([0.005, 0.02, 0.05]))
 def test_every_example_satisfies_the_bound_after_init_and_steps(seed, metric, bound):
@@ -60,7 +57,6 @@ def test_every_example_satisfies_the_bound_after_init_and_steps(seed, metric, bo
         assert perturbation.within_budget().all()
 
 
-@needs_trunk
 def test_combined_chain_satisfies_the_lpips_bound_after_steps():
     g = torch.Generator().manual_seed(1)
     threat = parse_threat("flow(0.05)>>affine(10deg,0.1)>>linf(0.3)|lpips<=0.05")
@@ -131,7 +127,6 @@ def test_perturbation_parameters_are_exactly_the_inner_ones():
     assert [p is q for p, q in zip(perturbation.parameters(), perturbation.inner.parameters())] == [True]
 
 
-@needs_trunk
 def test_lpips_weights_are_not_perturbation_parameters():
     perturbation = PerceptualBudget(Additive("linf", 0.3), "lpips", 0.05).perturbation(_digits(2))
     assert len(list(perturbation.parameters())) == 1

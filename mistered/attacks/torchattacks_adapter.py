@@ -69,6 +69,8 @@ class TorchattacksAttack(Attack):
         if self.torchattack is None:
             self.torchattack = _build(self.name, self.model, self.threat, self.seed, self.predict(x[:1]).shape[1], self.options)
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
+        # torchattacks draws from the global RNG: seed it from our generator inside fork_rng, which restores the
+        # caller's global state afterwards, so no global seeding leaks out of the library
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device)))
             x_adv = self.torchattack(x, goal)

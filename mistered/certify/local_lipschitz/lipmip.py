@@ -140,7 +140,6 @@ def _forward(model: _Model, net: PiecewiseLinearNet, lower: np.ndarray, upper: n
 
 def _backward(model: _Model, net: PiecewiseLinearNet, deltas, back_bounds, directions: OutputDirections):
     """Exact linear expressions of the input gradient ``g_1``: ``(coef (d, nv), const (d,), variables)``."""
-    inf = model.solver.infinity()
     c_lo, c_hi = directions.lower[0].numpy(), directions.upper[0].numpy()
     if directions.fixed:
         variables: list[Any] = []
