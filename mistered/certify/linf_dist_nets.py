@@ -131,9 +131,16 @@ def certify_linf_dist(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Cer
     The model is evaluated in eval mode with ``p = inf`` (its state is restored after). Misclassified
     examples get radius 0.
 
+    A :class:`~mistered.certify.linf_dist_hybrid.LinfDistHybrid` is certified by
+    :func:`~mistered.certify.linf_dist_hybrid.certify_linf_dist_hybrid` (bisection with interval bounds).
+
     Raises:
         UnsupportedLayerError: ``model`` is not a :class:`LinfDistNet` (other networks are not 1-Lipschitz in L∞).
     """
+    from .linf_dist_hybrid import LinfDistHybrid, certify_linf_dist_hybrid
+
+    if isinstance(model, LinfDistHybrid):
+        return certify_linf_dist_hybrid(model, x, y)
     if not isinstance(model, LinfDistNet):
         raise UnsupportedLayerError(
             f"L∞-dist certification needs an L∞-dist net (architecture 'linf-dist-net'), got {type(model).__name__}: "

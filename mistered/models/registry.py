@@ -20,6 +20,7 @@ ARCHITECTURES: dict[str, str] = {
     "mnist-fc": "mistered.models.architectures:mnist_fc",
     "cifar-resnet": "mistered.models.resnet:cifar_resnet",
     "linf-dist-net": "mistered.certify.linf_dist_nets:linf_dist_net",
+    "linf-dist-hybrid": "mistered.certify.linf_dist_hybrid:linf_dist_hybrid",
 }
 
 
