@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mistered.certify.linf_dist import linf_dist
 from mistered.certify.linf_dist_nets import certify_linf_dist
@@ -30,6 +29,7 @@ from mistered.certify.lmt import LMTCertifier
 from mistered.data import load_dataset
 from mistered.io import atomic_write_text
 from mistered.models import load_model, read_checkpoint
+from mistered.memory import LargestTensor
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -58,19 +58,6 @@ def _time_pair(first, second, repeat: int = 9) -> tuple[float, float]:
     return min(times[0]), min(times[1])
 
 
-class _LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel() * t.element_size())
-        return out
-
-
 def certification_overhead(data) -> list[str]:
     x, y = data.images, data.labels
     rows = []
@@ -97,11 +84,11 @@ def layer_speed(batch: int = 128, inp: int = 784, out: int = 1024) -> list[str]:
     naive_bytes = batch * out * inp * 4
     for p in (math.inf, 8.0):
         ours = _time(lambda: linf_dist(x, w, p).sum().backward(), repeat=3)
-        with _LargestTensor() as mode:
+        with LargestTensor() as mode:
             linf_dist(x, w, p).sum().backward()
         rows.append(
             f"| p = {p:g} | {ours * 1e3:.1f} | {matmul * 1e3:.1f} | {ours / matmul:.1f} | "
-            f"{mode.largest / 2**20:.1f} MB | {naive_bytes / 2**20:.0f} MB |"
+            f"{mode.bytes / 2**20:.1f} MB | {naive_bytes / 2**20:.0f} MB |"
         )
     return rows
 

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mistered.certify.linf_dist import LinfDistConv2d, LinfDistLinear, MeanShift, linf_dist
 from mistered.certify.linf_dist_nets import LinfDistNet, certify_linf_dist, linf_dist_radius
 from mistered.errors import InvalidInputError, UnsupportedLayerError
 from mistered.models import build_model
 from mistered.train.linf_dist import LinfDistObjective
+from mistered.memory import LargestTensor
 
 
 def _naive(x: torch.Tensor, w: torch.Tensor, p: float) -> torch.Tensor:
@@ -49,30 +49,15 @@ def test_large_p_does_not_overflow():
     assert torch.isfinite(y).all() and torch.allclose(y, torch.full((2, 4), 5.0), rtol=1e-2)
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any operator produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("p", [8.0, math.inf])
 def test_forward_and_backward_never_form_the_batch_out_in_tensor(p):
     batch, out, inp, budget = 4, 64, 4096, 1 << 16  # B*out*in = 1M values, 16x the chunk budget
     x = torch.randn(batch, inp, requires_grad=True)
     w = torch.randn(out, inp, requires_grad=True)
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         linf_dist(x, w, p, chunk_elements=budget).sum().backward()
-    assert mode.largest <= max(budget, out * inp)  # a chunk, or the weight-sized gradient
-    assert mode.largest < batch * out * inp
+    assert mode.numel <= max(budget, out * inp)  # a chunk, or the weight-sized gradient
+    assert mode.numel < batch * out * inp
 
 
 def test_identity_initialisation_passes_inputs_through():
