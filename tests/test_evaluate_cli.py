@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mistered.cli import main
+from mistered.models import build_model, save_model
 
 SMALL = ["--model", "mnist-fc", "--n", "4", "--threats", "l2", "--eps", "l2=1", "--steps", "2", "--autoattack", "off",
          "--square-queries", "0", "--certify", "lmt"]
@@ -54,3 +57,16 @@ def test_bad_input_is_one_error_line_and_exit_2(args, needle, tmp_path):
 def test_resume_of_a_folder_without_state_is_an_error(tmp_path):
     result = _run(*SMALL, "--resume", str(tmp_path / "missing"))
     assert result.exit_code == 2 and "no saved evaluation" in result.output
+
+
+def test_a_sanity_warning_is_printed_once(tmp_path, caplog):
+    constant = build_model("mnist-fc")
+    torch.nn.init.zeros_(constant[-1].weight)  # the same logits for every image
+    path = save_model(tmp_path / "constant.pt", constant, "mnist-fc", {}, {})
+    with caplog.at_level(logging.WARNING):
+        result = _run(*SMALL, "--model", str(path), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    warnings = json.loads((tmp_path / "run" / "results.json").read_text())["summary"]["warnings"]
+    assert any("constant model" in w for w in warnings)
+    assert result.output.count("constant model") == 1
+    assert not [r for r in caplog.records if r.name == "mistered.evaluate.sanity"]

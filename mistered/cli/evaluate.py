@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -79,14 +80,21 @@ def evaluate(model_spec: str | None, data_name: str, n: int, threats: str, eps_v
     out = Path(resume_dir or out_dir or default_out_dir("evaluate"))
 
     console = Console(stderr=True)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as progress:
-        task = progress.add_task("evaluating", total=None)
-        record = run_evaluation(
-            model, data, out, config, resume=resume_dir is not None, model_name=model_spec or "mnist-cnn",
-            device=torch_device,
-            on_chunk=lambda key: progress.update(task, description=key.replace("|", " · ")),
-        )
+    # the sanity warnings are printed once, after the table, from the summary (not also as they are logged)
+    sanity_logger = logging.getLogger("mistered.evaluate.sanity")
+    level = sanity_logger.level
+    sanity_logger.setLevel(logging.ERROR)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=True) as progress:
+            task = progress.add_task("evaluating", total=None)
+            record = run_evaluation(
+                model, data, out, config, resume=resume_dir is not None, model_name=model_spec or "mnist-cnn",
+                device=torch_device,
+                on_chunk=lambda key: progress.update(task, description=key.replace("|", " · ")),
+            )
+    finally:
+        sanity_logger.setLevel(level)
     summary = record["summary"]
     table = Table(title=f"evaluate · {model_spec or 'mnist-cnn'} · {data_name} (n={n})")
     for i, column in enumerate(table_columns(summary)):
