@@ -87,3 +87,27 @@ def test_certificate_radii_are_float64():
     cert = certify_geocert(net, x, net(x).argmax(1), norm="linf")
     assert cert.radius.dtype == torch.float64 and cert.upper.dtype == torch.float64
     assert np.allclose(cert.radius.numpy(), cert.upper.numpy())
+
+
+def test_l1_trial_radius_never_returns_a_point_beyond_it():
+    # Logit margin x1 + 0.9 x2 - 1.05 (0.1 short at x0): the L1 distance is exactly 0.1/max|w| = 0.1 (x1 += 0.1).
+    # Seeded with 0.11, the trial L∞ box of 0.85 * 0.11 cannot hold that move; its best point, 0.1007, moves
+    # both pixels and lies beyond the trial radius, so accepting it would report a wrong "exact" distance.
+    eye = torch.eye(2, dtype=torch.float64)
+    net = PiecewiseLinearNet([eye, torch.tensor([[0.0, 0.0], [1.0, 0.9]], dtype=torch.float64)],
+                             [torch.zeros(2, dtype=torch.float64), torch.tensor([0.0, -1.05], dtype=torch.float64)],
+                             (2,))
+    result = mindist_mip(net, torch.full((2,), 0.5, dtype=torch.float64), norm="l1", upper_bound=0.11)
+    assert result.status == "exact" and result.upper == pytest.approx(0.1, abs=1e-9)
+    assert result.x_adv.tolist() == pytest.approx([0.6, 0.5], abs=1e-9)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), factor=st.floats(1.0, 1.4), norm=st.sampled_from(["linf", "l1"]))
+def test_trial_radii_from_any_seed_keep_the_exact_distance(seed, factor, norm):
+    net = _net(seed, (5, 6, 6, 3))
+    x0 = torch.rand(5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    plain = mindist_mip(net, x0, norm=norm)
+    seeded = mindist_mip(net, x0, norm=norm, upper_bound=plain.upper * factor)
+    assert seeded.status == plain.status == "exact"
+    assert seeded.upper == pytest.approx(plain.upper, abs=1e-6)

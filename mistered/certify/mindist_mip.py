@@ -8,8 +8,12 @@ the best distance so far (for L1 that ball encloses the L1 ball), with the dista
 * big-M constants come from CROWN bounds over that box (:mod:`mistered.certify.linear_bounds`), much tighter
   than interval bounds from the second layer on; a target whose margin ``f_j - f_c`` the same bounds prove
   negative on the whole box is skipped without a MILP;
-* solvers: SCIP through OR-Tools with cutting planes off (the default; on the 784-input benchmark nets
-  faster than with cuts, 2-8x measured, and than HiGHS), or HiGHS through ``scipy.optimize.milp``.
+* a trial radius below the best comes first (a smaller box: tighter big-M, fewer binaries): in L∞ 1.3 times
+  the radius CROWN certifies for ``j``, in L1 0.85 times the best. The distance is capped at the radius in both
+  norms, so a trial answer is exact and an infeasible trial only falls back to the full radius;
+* solvers: SCIP through OR-Tools' model builder, filled from the sparse matrix in one call, with cutting planes
+  off (the default; on the 784-input benchmark nets faster than with cuts, 2-8x measured, and than HiGHS, ~5x),
+  or HiGHS through ``scipy.optimize.milp``.
 
 L2 would need a mixed-integer QP; GeoCert's L2 radius is checked against brute force instead.
 """
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-from ortools.linear_solver import pywraplp
+from ortools.linear_solver.python import model_builder as mb
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..errors import InvalidInputError, MisteredError
@@ -35,7 +39,8 @@ from .plnet import PiecewiseLinearNet
 __all__ = ["MipDistanceResult", "mindist_mip", "MIP_SOLVERS"]
 
 MIP_SOLVERS = ("scip", "highs")
-_TRIAL = 0.85  # trial radius, as a fraction of the best distance so far
+_TRIAL = 0.85  # L1 trial radius, as a fraction of the best distance so far
+_GUESS, _BISECTIONS = 1.3, 8  # L∞ trial radius: 1.3 x the radius CROWN certifies (8 bisection steps)
 
 
 @dataclass
@@ -85,8 +90,7 @@ def mindist_mip(
     best = np.inf if upper_bound is None else float(upper_bound)
     lower, best_x, timed_out = np.inf, None, False
     for j in _target_order(net, x0, c, norm, domain):
-        # first within a trial radius below the best (tighter big-M; a loose seed costs less), then the rest
-        for radius in ((_TRIAL * best, best) if np.isfinite(best) else (best,)):
+        for radius in _radii(margins, x0, j, norm, best, domain):
             left = None if time_limit is None else time_limit - (time.perf_counter() - start)
             if left is not None and left <= 0:
                 timed_out, lower = True, 0.0
@@ -97,9 +101,7 @@ def mindist_mip(
                 continue
             problem = _target_problem(ws, bs, x0, j, norm, radius, lo, hi, box)
             status, value, point, bound = (_solve_highs if solver == "highs" else _solve_scip)(*problem, left)
-            if status == "optimal":  # the nearest point of j in the box; nearest overall if within radius
-                if value > radius and radius < best:  # L1 only: a point beyond the trial box may be closer
-                    continue
+            if status == "optimal":  # value <= radius (capped): the nearest point of j overall
                 lower = min(lower, value)
                 if value < best:
                     best, best_x = value, point[: x0.shape[0]].copy()
@@ -131,6 +133,35 @@ def _target_order(net: PiecewiseLinearNet, x0: np.ndarray, c: int, norm: str, do
     return [j for j in dist[0].argsort().tolist() if j != c]
 
 
+def _radii(margins: PiecewiseLinearNet, x0: np.ndarray, j: int, norm: str, best: float,
+           domain: tuple[float, float]) -> tuple[float, ...]:
+    """The radii to search for target ``j``: a trial radius below ``best`` first when one promises a smaller box
+    (tighter big-M constants, fewer unstable ReLUs), then ``best``; ``()`` if CROWN rules ``j`` out within
+    ``best``. Any trial radius is exact: the distance is capped at it, so an infeasible trial only costs time.
+
+    L∞: the trial is ``_GUESS`` times the radius CROWN certifies for ``j`` (bisection), a lower bound on the
+    distance, 72-98% of it on the benchmark nets (so the trial is rarely infeasible). L1: the
+    L∞ certificate says little about the L1 distance, so the trial is ``_TRIAL * best``."""
+    if not np.isfinite(best):
+        return (best,)
+    if _crown_margin(margins, x0, j, best, domain) < 0:
+        return ()
+    if norm == "l1":
+        return (_TRIAL * best, best)
+    certified, above = 0.0, best
+    for _ in range(_BISECTIONS):
+        mid = (certified + above) / 2
+        certified, above = (mid, above) if _crown_margin(margins, x0, j, mid, domain) < 0 else (certified, mid)
+    trial = _GUESS * certified
+    return (trial, best) if trial < best else (best,)
+
+
+def _crown_margin(margins: PiecewiseLinearNet, x0: np.ndarray, j: int, radius: float, domain) -> float:
+    """CROWN's upper bound on the margin ``f_j - f_c`` over the search box of ``radius``."""
+    lo, hi = _search_box(x0, radius, domain)
+    return float(linear_bounds(margins, torch.as_tensor(x0 + lo)[None], torch.as_tensor(x0 + hi)[None])[-1][1][0, j])
+
+
 def _search_box(x0: np.ndarray, radius: float, domain: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Bounds on the displacement ``δ``: the domain intersected with the L∞ ball of ``radius`` (if finite)."""
     if not np.isfinite(radius):
@@ -157,6 +188,8 @@ def _target_problem(ws, bs, x0, j, norm, radius, lo, hi, box) -> tuple:
         integer.append(np.zeros(2 * d))
         eye = sp.identity(d, format="csr")
         blocks.append([eye, sp.hstack([-eye, eye])]), row_lo.append(np.zeros(d)), row_hi.append(np.zeros(d))
+        if np.isfinite(cap):  # Σ p + Σ n <= radius: a trial radius never returns a point beyond it
+            blocks.append([sp.csr_matrix((1, d)), np.ones((1, 2 * d))]), row_lo.append([-np.inf]), row_hi.append([cap])
         n_extra = 2 * d
     # the layers, h = relu(z) with z = W h_prev + b (z = W δ + W x0 + b for the first); per ReLU three rows:
     # h - z >= 0,  h - z - l a <= -l,  h - u a <= 0  (l = min(lower, 0), u = max(upper, 0)); a fixed for stable ones
@@ -181,7 +214,8 @@ def _target_problem(ws, bs, x0, j, norm, radius, lo, hi, box) -> tuple:
     # the margin (f_j - f_c)(h) >= 0 (row j of the margin net's last layer)
     parts.append([(in_start, sp.csr_matrix(ws[-1][j][None]))])
     row_lo.append([-bs[-1][j]]), row_hi.append([np.inf])
-    norm_rows = [sp.hstack([sp.hstack(blk, format="csr"), sp.csr_matrix((d, n_vars - d - n_extra))]) for blk in blocks]
+    norm_rows = [sp.hstack([sp.hstack(blk, format="csr"), sp.csr_matrix((blk[0].shape[0], n_vars - d - n_extra))])
+                 for blk in blocks]
     a_mat = sp.vstack(norm_rows + [_place(p, n_vars) for p in parts], format="csr")
     return (np.concatenate(cost), np.concatenate(integer), np.concatenate(lb), np.concatenate(ub), a_mat,
             np.concatenate(row_lo), np.concatenate(row_hi))
@@ -205,37 +239,30 @@ def _solve_highs(cost, integer, lb, ub, a_mat, row_lo, row_hi, time_limit) -> tu
 
 
 def _solve_scip(cost, integer, lb, ub, a_mat, row_lo, row_hi, time_limit) -> tuple:
-    """The same on SCIP through OR-Tools (the model filled row by row from the CSR matrix; cuts off, as LipMIP)."""
-    solver = pywraplp.Solver.CreateSolver("SCIP")
-    if solver is None:
+    """The same on SCIP through OR-Tools' model builder, filled in one call from the CSR matrix (cuts off, as
+    LipMIP)."""
+    model = mb.Model()
+    model.helper.fill_model_from_sparse_data(lb, ub, cost, row_lo, row_hi, a_mat)
+    for col in np.flatnonzero(integer).tolist():
+        model.helper.set_var_integrality(col, True)
+    solver = mb.Solver("scip")
+    if not solver.solver_is_supported():
         raise MisteredError("this OR-Tools build has no SCIP; use solver='highs'")
-    solver.SetSolverSpecificParametersAsString(_SCIP_PARAMETERS)
-    inf = solver.infinity()
-    xs = [solver.IntVar(float(l), float(u), "") if k else solver.NumVar(float(l), float(u), "")
-          for l, u, k in zip(lb, np.minimum(ub, inf), integer)]
-    for r in range(a_mat.shape[0]):
-        row = solver.Constraint(max(float(row_lo[r]), -inf), min(float(row_hi[r]), inf))
-        for col, coef in zip(a_mat.indices[a_mat.indptr[r]:a_mat.indptr[r + 1]].tolist(),
-                             a_mat.data[a_mat.indptr[r]:a_mat.indptr[r + 1]].tolist()):
-            row.SetCoefficient(xs[col], coef)
-    objective = solver.Objective()
-    for col in np.flatnonzero(cost).tolist():
-        objective.SetCoefficient(xs[col], float(cost[col]))
-    objective.SetMinimization()
+    solver.set_solver_specific_parameters(_SCIP_PARAMETERS + "limits/gap = 1e-9\n")
     if time_limit is not None:
-        solver.SetTimeLimit(max(1, int(time_limit * 1000)))
-    params = pywraplp.MPSolverParameters()
-    params.SetDoubleParam(params.RELATIVE_MIP_GAP, 1e-9)
-    status = solver.Solve(params)
-    if status == pywraplp.Solver.OPTIMAL:
-        return "optimal", objective.Value(), np.array([v.solution_value() for v in xs]), objective.Value()
-    if status == pywraplp.Solver.INFEASIBLE:
+        solver.set_time_limit_in_seconds(max(float(time_limit), 1e-3))
+    status = solver.solve(model)
+    if status == mb.SolveStatus.OPTIMAL:
+        value = solver.objective_value
+        return "optimal", value, solver.values(model.get_variables()).to_numpy(), value
+    if status == mb.SolveStatus.INFEASIBLE:
         return "infeasible", np.inf, None, np.inf
-    if status == pywraplp.Solver.FEASIBLE:
-        return "timeout", objective.Value(), np.array([v.solution_value() for v in xs]), objective.BestBound()
-    if status == pywraplp.Solver.NOT_SOLVED:
+    if status == mb.SolveStatus.FEASIBLE:
+        return ("timeout", solver.objective_value, solver.values(model.get_variables()).to_numpy(),
+                solver.best_objective_bound)
+    if status == mb.SolveStatus.NOT_SOLVED:
         return "timeout", np.inf, None, 0.0
-    raise MisteredError(f"the MIP solver (SCIP) failed with status {status}")
+    raise MisteredError(f"the MIP solver (SCIP) failed with status {status.name}")
 
 
 def _place(parts: list, n_vars: int) -> sp.csr_matrix:
