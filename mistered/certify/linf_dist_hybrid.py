@@ -25,7 +25,10 @@ from .linf_dist import LinfDistLinear
 from .linf_dist_nets import _certification_mode
 from .plnet import PiecewiseLinearNet
 
-__all__ = ["LinfDistHybrid", "linf_dist_hybrid", "hybrid_margin_lower_bound", "certify_linf_dist_hybrid"]
+__all__ = [
+    "LinfDistHybrid", "linf_dist_hybrid", "head_net", "hybrid_margin_bounds", "hybrid_margin_lower_bound",
+    "certify_linf_dist_hybrid",
+]
 
 
 class LinfDistHybrid(nn.Module):
@@ -95,16 +98,56 @@ def _check_hybrid(model: nn.Module) -> LinfDistHybrid:
     return model
 
 
-def _margin_bound(head: PiecewiseLinearNet, features: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` lower bound of ``min_{j != y} (logit_y - logit_j)`` over the feature box ``features -/+ eps[:, None]``."""
-    hidden = interval_bounds(head, features - eps[:, None], features + eps[:, None])[:-1]
-    lo, hi = hidden[-1][0].clamp_min(0), hidden[-1][1].clamp_min(0)
+def head_net(model: LinfDistHybrid) -> PiecewiseLinearNet:
+    """The head of ``model`` as a :class:`~mistered.certify.plnet.PiecewiseLinearNet` that shares its parameters.
+
+    No copy is made, so bounds computed through it are differentiable in the head's weights (for training).
+    """
+    first, last = model.head[0], model.head[2]
+    return PiecewiseLinearNet([first.weight, last.weight], [first.bias, last.bias], (first.in_features,))
+
+
+def hybrid_margin_bounds(
+    model: LinfDistHybrid, features: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor
+) -> torch.Tensor:
+    """``(B, K)`` lower bounds of ``logit_y - logit_j`` over the feature box ``features -/+ eps`` (0 at ``j = y``).
+
+    Args:
+        model: the hybrid net whose head is bounded (its backbone is not run: ``features`` are given).
+        features: ``(B, width)`` backbone outputs; y: ``(B,)`` labels.
+        eps: half-width of the feature box, a float or a ``(B,)`` tensor (pixel units: each feature is
+            1-Lipschitz in L∞ at ``p = inf``, so an input ball of radius ``eps`` stays inside this box).
+
+    Differentiable in ``features`` and in the head's parameters; ``-bounds`` are the worst-case logits
+    of interval bound propagation training (Gowal et al. 2018), whose cross-entropy is the IBP loss.
+    """
+    model = _check_hybrid(model)
+    return _margin_bounds(model, features, y, _check_eps(eps, features))
+
+
+def _check_eps(eps: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``eps`` as a ``(B,)`` tensor of ``like``'s dtype and device; raises unless finite and non-negative."""
+    eps_t = torch.as_tensor(eps, dtype=like.dtype, device=like.device).expand(like.shape[0])
+    if (eps_t < 0).any() or not torch.isfinite(eps_t).all():
+        raise InvalidInputError(f"eps must be finite and non-negative, got {eps}")
+    return eps_t
+
+
+def _margin_bounds(model: LinfDistHybrid, features: torch.Tensor, y: torch.Tensor, eps_t: torch.Tensor) -> torch.Tensor:
+    """:func:`hybrid_margin_bounds` without the checks; ``eps_t`` is ``(B,)``."""
+    head = head_net(model)
+    hidden = interval_bounds(head, features - eps_t[:, None], features + eps_t[:, None])[0]
+    lo, hi = hidden[0].clamp_min(0), hidden[1].clamp_min(0)
     centre, radius = (hi + lo) / 2, (hi - lo) / 2
     w, b = head.weights[-1], head.biases[-1]  # (K, n), (K,)
     diff_w = w[y][:, None, :] - w[None]  # (B, K, n): rows w_y - w_j
     diff_b = b[y][:, None] - b[None]  # (B, K)
-    margins = torch.einsum("bkn,bn->bk", diff_w, centre) + diff_b - torch.einsum("bkn,bn->bk", diff_w.abs(), radius)
-    return margins.scatter(1, y[:, None], math.inf).amin(dim=1)
+    return torch.einsum("bkn,bn->bk", diff_w, centre) + diff_b - torch.einsum("bkn,bn->bk", diff_w.abs(), radius)
+
+
+def _margin_bound(model: LinfDistHybrid, features: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` lower bound of ``min_{j != y} (logit_y - logit_j)`` over the feature box ``features -/+ eps[:, None]``."""
+    return _margin_bounds(model, features, y, eps).scatter(1, y[:, None], math.inf).amin(dim=1)
 
 
 @torch.no_grad()
@@ -121,12 +164,9 @@ def hybrid_margin_lower_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     model = _check_hybrid(model)
     check_images(x)
     check_labels(y, x.shape[0])
-    eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0])
-    if (eps_t < 0).any() or not torch.isfinite(eps_t).all():
-        raise InvalidInputError(f"eps must be finite and non-negative, got {eps}")
+    eps_t = _check_eps(eps, x)
     with _certification_mode(model):
-        head = PiecewiseLinearNet.from_module(model.head, (model.head[0].in_features,))
-        return _margin_bound(head, model.backbone(x), y, eps_t)
+        return _margin_bound(model, model.backbone(x), y, eps_t)
 
 
 @torch.no_grad()
@@ -152,15 +192,14 @@ def certify_linf_dist_hybrid(
         raise InvalidInputError(f"the bisection's upper end must be a positive finite radius, got {upper}")
     with _certification_mode(model):
         start = time.perf_counter()
-        head = PiecewiseLinearNet.from_module(model.head, (model.head[0].in_features,))
         features = model.backbone(x)
         predictions = model.head(features).argmax(dim=1)
         top = torch.full((x.shape[0],), float(upper), dtype=features.dtype, device=features.device)
-        lo = torch.where(_margin_bound(head, features, y, top) > 0, top, torch.zeros_like(top))
+        lo = torch.where(_margin_bound(model, features, y, top) > 0, top, torch.zeros_like(top))
         hi = top
         for _ in range(int(bisection_steps)):
             mid = (lo + hi) / 2
-            verified = _margin_bound(head, features, y, mid) > 0
+            verified = _margin_bound(model, features, y, mid) > 0
             lo, hi = torch.where(verified, mid, lo), torch.where(verified, hi, mid)
         seconds = time.perf_counter() - start
     details = {"bisection_steps": int(bisection_steps), "upper": float(upper), "resolution": float(upper) / 2**bisection_steps}

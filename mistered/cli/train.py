@@ -22,11 +22,13 @@ __all__ = ["train"]
               help="Train against this threat (preset or spec); repeat for several. Implies --method adversarial.")
 @click.option("--strategy", type=click.Choice(["random", "avg", "max"]), default="max", show_default=True,
               help="How several threats (or a Union's alternatives) combine per batch.")
-@click.option("--method", type=click.Choice(["standard", "adversarial", "lmt", "linf-dist"]), default=None,
-              help="Training method [default: adversarial with --threat, else standard].")
+@click.option("--method", type=click.Choice(["standard", "adversarial", "lmt", "linf-dist", "linf-dist-hybrid"]), default=None,
+              help="Training method [default: adversarial with --threat, else standard]. linf-dist with "
+                   "--model linf-dist-hybrid is linf-dist-hybrid (IBP loss on the head).")
 @click.option("--data", default="mnist-5k", show_default=True, help="Dataset name (mnist-5k, fashion-mnist, mnist, cifar10).")
 @click.option("--model", "arch", default=None,
-              help="Architecture name from the model registry [default: mnist-cnn; linf-dist-net for --method linf-dist].")
+              help="Architecture name from the model registry [default: mnist-cnn; linf-dist-net for --method linf-dist, "
+                   "linf-dist-hybrid for --method linf-dist-hybrid].")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Examples per step per process.")
 @click.option("--width", type=int, default=None, help="Architecture width (hidden units or channels) [default: the architecture's].")
@@ -50,7 +52,8 @@ __all__ = ["train"]
 @click.option("--eval-threat", default=None, metavar="SPEC", help="Threat of the per-epoch robust accuracy [default: the training threat].")
 @click.option("--c", "lmt_c", type=float, default=None, help="LMT: target L2 radius c.")
 @click.option("--pairwise", is_flag=True, help="LMT: the tighter pairwise last-layer bound.")
-@click.option("--eps", "dist_eps", type=float, default=None, help="L-inf-dist: the training radius of its hinge loss.")
+@click.option("--eps", "dist_eps", type=float, default=None,
+              help="L-inf-dist: the training radius of its hinge loss (of the interval bounds for the hybrid).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
 def train(threats, strategy, method, data, arch, epochs, batch_size, width, depth, lr, optimizer, weight_decay, shift, schedule, seed, device, out_dir,
           resume, attack_steps, checkpoint_every, n_train, eval_n, eval_threat, lmt_c, pairwise, dist_eps, progress) -> None:
@@ -66,16 +69,18 @@ def train(threats, strategy, method, data, arch, epochs, batch_size, width, dept
         raise InvalidInputError("--resume needs --out DIR: the folder of the run to continue")
     parsed = [parse_threat(spec) for spec in threats]
     method = method or default_method(parsed)
+    if method == "linf-dist" and arch == "linf-dist-hybrid":
+        method = "linf-dist-hybrid"  # the hybrid's L-inf-dist training: the p-relaxation plus IBP through the head
     options = {}
     if lmt_c is not None or pairwise:
         if method != "lmt":
             raise InvalidInputError(f"--c and --pairwise are LMT options; add --method lmt (method is {method!r})")
         options = {k: v for k, v in (("c", lmt_c), ("pairwise", pairwise or None)) if v is not None}
     if dist_eps is not None:
-        if method != "linf-dist":
+        if method not in ("linf-dist", "linf-dist-hybrid"):
             raise InvalidInputError(f"--eps is the L-inf-dist option; add --method linf-dist (method is {method!r})")
         options = {"eps": dist_eps}
-    arch = arch or ("linf-dist-net" if method == "linf-dist" else "mnist-cnn")
+    arch = arch or _DEFAULT_ARCH.get(method, "mnist-cnn")
     if n_train is not None and n_train < 1:
         raise InvalidInputError(f"--n-train must be >= 1, got {n_train}")
     defaults = _OPTIMIZER_DEFAULTS.get(method, _OPTIMIZER_DEFAULTS["standard"])
@@ -122,7 +127,10 @@ _OPTIMIZER_DEFAULTS = {
     "standard": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4},
     "lmt": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0},
     "linf-dist": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.0},
+    "linf-dist-hybrid": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.0},
 }
+#: The architecture a method trains when --model is not given.
+_DEFAULT_ARCH = {"linf-dist": "linf-dist-net", "linf-dist-hybrid": "linf-dist-hybrid"}
 
 
 def _arch_kwargs(arch: str, data, width: int | None, depth: int | None) -> dict:

@@ -1,4 +1,4 @@
-"""Training methods by name: ``standard``, ``adversarial``, ``lmt``, ``linf-dist`` -> an Objective.
+"""Training methods by name: ``standard``, ``adversarial``, ``lmt``, ``linf-dist``, ``linf-dist-hybrid`` -> an Objective.
 
 LMT and L∞-dist objectives are imported only when asked for (they pull in :mod:`mistered.certify`).
 """
@@ -22,6 +22,7 @@ __all__ = ["METHODS", "default_method", "build_objective"]
 _LAZY: dict[str, str] = {
     "lmt": "mistered.train.lmt:LMTObjective",
     "linf-dist": "mistered.train.linf_dist:LinfDistObjective",
+    "linf-dist-hybrid": "mistered.train.linf_dist:LinfDistHybridObjective",
 }
 METHODS: tuple[str, ...] = ("standard", "adversarial", *_LAZY)
 
@@ -60,7 +61,7 @@ def build_objective(
     elif threats:
         raise InvalidInputError(f"method {method!r} does not train against a threat; drop --threat or use --method adversarial")
     if method in ("standard", "adversarial") and options:
-        raise InvalidInputError(f"method {method!r} takes no options {sorted(options)} (they belong to lmt/linf-dist)")
+        raise InvalidInputError(f"method {method!r} takes no options {sorted(options)} (they belong to lmt/linf-dist/linf-dist-hybrid)")
     if method == "standard":
         return StandardObjective()
     if method == "adversarial":
