@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mistered.certify.linf_dist import LinfDistConv2d, LinfDistLinear, MeanShift, linf_dist
+from mistered.certify.linf_dist import LinfDistConv2d, LinfDistLinear, MeanShift, fast_p, linf_dist
 from mistered.certify.linf_dist_nets import LinfDistNet, certify_linf_dist, linf_dist_radius
 from mistered.errors import InvalidInputError, UnsupportedLayerError
 from mistered.models import build_model
@@ -40,6 +40,51 @@ def test_gradcheck_in_float64(p):
     x = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: linf_dist(a, b, p, chunk_elements=5), (x, w))
+
+
+def _float64_reference_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs with zero differences (x equal to a weight row in some coordinates) and ties (equal |d| twice)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    w = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    w[0, :2] = x[0, :2]  # zero differences
+    w[1, 3], w[1, 4] = x[1, 3] - 0.7, x[1, 4] + 0.7  # a tie in magnitude
+    return x.requires_grad_(), w.requires_grad_()
+
+
+@pytest.mark.parametrize("p", [8.0, 16.0, 24.5, 64.0, 512.0])
+def test_fast_path_matches_float64_broadcast_with_ties_and_zero_differences(p):
+    x, w = _float64_reference_case()
+    g = torch.randn(3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ours = linf_dist(x, w, p, chunk_elements=10)
+    naive = _naive(x, w, p)
+    assert torch.allclose(ours, naive, rtol=1e-12)
+    for mine, theirs in zip(torch.autograd.grad((ours * g).sum(), (x, w)), torch.autograd.grad((naive * g).sum(), (x, w))):
+        assert torch.allclose(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [8.0, 16.0, 24.5, 64.0, 512.0, 7.0])
+def test_fast_path_gradcheck_with_ties_and_zero_differences(p):
+    x, w = _float64_reference_case()
+    assert torch.autograd.gradcheck(lambda a, b: linf_dist(a, b, p, chunk_elements=10), (x, w))
+
+
+def test_p_1000_in_float32_stays_finite_and_close_to_float64():
+    gen = torch.Generator().manual_seed(4)
+    x, w = torch.randn(4, 50, generator=gen) * 30, torch.randn(6, 50, generator=gen) * 30
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = linf_dist(xg, wg, 1000.0, chunk_elements=100)
+    y.sum().backward()
+    diff = (x.double()[:, None, :] - w.double()[None]).abs()
+    top = diff.amax(dim=-1, keepdim=True)
+    reference = top.squeeze(-1) * (diff / top).pow(1000.0).sum(dim=-1).pow(1e-3)  # rescaled: 60^1000 overflows float64
+    assert torch.isfinite(y).all() and torch.isfinite(xg.grad).all() and torch.isfinite(wg.grad).all()
+    assert torch.allclose(y.double(), reference, rtol=1e-5)
+
+
+def test_fast_p_rounds_to_an_integer_norm_and_keeps_infinity():
+    assert fast_p(24.5) in (24.0, 25.0) and fast_p(8.3) == 8.0 and fast_p(1.2) == 1.0
+    assert fast_p(math.inf) == math.inf
 
 
 def test_large_p_does_not_overflow():
@@ -182,6 +227,14 @@ def test_objective_hinge_vanishes_when_certified_at_eps():
     net.eval()  # eval mode: the same function as certified
     loss, _ = objective(net, x, y, progress=1.0)
     assert float(loss.detach()) < 1e-6
+
+
+def test_objective_rounds_the_scheduled_p_to_the_integer_the_fast_path_computes():
+    net = _trained_small_net(0).train()
+    objective = LinfDistObjective(p_phase=(0.0, 1.0))
+    assert objective.p_at(0.3) != round(objective.p_at(0.3))
+    objective(net, torch.rand(4, 1, 4, 4), torch.zeros(4, dtype=torch.long), 0.3)
+    assert all(m.p == round(objective.p_at(0.3)) for m in net.modules() if isinstance(m, LinfDistLinear))
 
 
 def test_objective_sets_p_on_every_layer_and_refuses_other_models():

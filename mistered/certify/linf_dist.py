@@ -10,6 +10,9 @@ backward routes each output's gradient to its arg-max input); for finite ``p`` a
 function works in chunks over the output neurons (at most ``chunk_elements`` values at a time,
 recomputed in the backward pass) and rescales by the largest coordinate, so ``p`` in the hundreds
 neither overflows nor underflows in float32 (``torch.cdist`` does).
+Integer ``p`` (see :func:`fast_p`) is raised by repeated squaring and the backward uses
+``sign(d) |u|^(p-1) = u (u^2)^((p-2)/2)`` with ``u = d / ||d||_p``: a few multiplies per element instead of
+``pow`` (``exp`` + ``log``), ~5-7x faster fwd+bwd on CPU at p = 8..512 together with cache-sized chunks.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from torch import nn
 
 from ..errors import InvalidInputError
 
-__all__ = ["linf_dist", "LinfDistLinear", "LinfDistConv2d", "MeanShift", "DEFAULT_CHUNK_ELEMENTS"]
+__all__ = ["linf_dist", "fast_p", "LinfDistLinear", "LinfDistConv2d", "MeanShift", "DEFAULT_CHUNK_ELEMENTS"]
 
-#: Upper bound on the elements of one ``(B, out_chunk, in)`` chunk (16 M floats = 64 MB).
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
+#: Upper bound on the elements of one ``(B, out_chunk, in)`` chunk (1 M floats = 4 MB: near the CPU caches; 16 M
+#: floats measured 7x slower at p = 8 for B=128, in=784, out=1024).
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
 
 
 def _chunks(batch: int, out: int, inp: int, chunk_elements: int) -> tuple[range, int]:
@@ -34,11 +38,60 @@ def _chunks(batch: int, out: int, inp: int, chunk_elements: int) -> tuple[range,
     return range(0, out, step), step
 
 
+def fast_p(p: float) -> float:
+    """The nearest norm that :func:`linf_dist` computes with multiplies only: ``p`` rounded to an integer (``>= 1``).
+
+    A schedule that passes its ``p`` through this runs ~4x faster (B=128, in=784, out=1024, p = 24 vs 24.5) at a
+    relative change of ``p`` below ``1 / (2 p)``; ``inf`` stays ``inf``.
+    """
+    return p if math.isinf(p) else float(max(1, round(p)))
+
+
+def _int_pow_(r: torch.Tensor, n: int) -> torch.Tensor:
+    """``r ** n`` for an integer ``n >= 1`` by repeated squaring (``r`` is overwritten and may be returned).
+
+    A few multiplies per element instead of ``exp(n log r)``: ``n = 8`` costs 3 passes, ``n = 1000`` 14.
+    """
+    result = None
+    while True:
+        if n & 1:
+            if n == 1 and result is None:  # a power of two: only squarings
+                return r
+            result = r.clone() if result is None else result.mul_(r)
+        n >>= 1
+        if not n:
+            return result
+        r = r.square_()
+
+
+def _pow_(r: torch.Tensor, p: float) -> torch.Tensor:
+    """``r ** p`` for ``r >= 0`` (``r`` is overwritten and may be returned): squarings for integer ``p``."""
+    return _int_pow_(r, int(p)) if float(p).is_integer() and p >= 1 else r.pow_(p)
+
+
 def _pnorm_chunk(diff: torch.Tensor, p: float) -> torch.Tensor:
     """``||diff||_p`` (finite ``p``) over the last dimension, scaled by the max for stability; ``diff`` ``(B, o, in)``."""
     magnitude = diff.abs_()  # in place: the chunk is not needed afterwards
     safe = magnitude.amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    return (safe * magnitude.div_(safe).pow_(p).sum(dim=-1, keepdim=True).pow(1.0 / p)).squeeze(-1)
+    powered = _pow_(magnitude.mul_(safe.reciprocal()), p)
+    return (safe * powered.sum(dim=-1, keepdim=True).pow(1.0 / p)).squeeze(-1)
+
+
+def _pnorm_coefficient(diff: torch.Tensor, norm: torch.Tensor, p: float) -> torch.Tensor:
+    """``d||d||_p / dd = sign(d) (|d| / ||d||_p)^(p - 1)`` for a chunk ``diff`` ``(B, o, in)``, ``norm`` ``(B, o)``.
+
+    ``diff`` is overwritten. With ``u = d / ||d||_p`` (``|u| <= 1``, so nothing overflows) an even integer ``p``
+    gives ``u (u^2)^((p - 2) / 2)`` and an odd one ``u |u| (u^2)^((p - 3) / 2)``: multiplies only.
+    """
+    u = diff.mul_(norm.clamp_min(1e-30).reciprocal()[..., None])
+    if float(p).is_integer() and p >= 3:
+        even = int(p) % 2 == 0
+        half = (int(p) - 2) // 2 if even else (int(p) - 3) // 2
+        factor = _int_pow_(u.square(), half) if half else None
+        if not even:
+            factor = u.abs() if factor is None else factor.mul_(u.abs())
+        return u if factor is None else factor.mul_(u)
+    return u.abs().pow_(p - 1).mul_(u.sign_())
 
 
 class _PNormDistFunction(torch.autograd.Function):
@@ -57,7 +110,6 @@ class _PNormDistFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight, result = ctx.saved_tensors
-        p = ctx.p
         batch, inp = x.shape
         out = weight.shape[0]
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
@@ -65,14 +117,11 @@ class _PNormDistFunction(torch.autograd.Function):
         starts, step = _chunks(batch, out, inp, ctx.chunk_elements)
         for s in starts:
             diff = x[:, None, :] - weight[None, s : s + step]  # (B, o, in)
-            g = grad[:, s : s + step]
-            # d||d||_p / dd_i = sign(d_i) (|d_i| / ||d||_p)^(p - 1)
-            norm = result[:, s : s + step, None].clamp_min(1e-30)
-            coef = diff.abs().div_(norm).pow_(p - 1).mul_(diff.sign_()).mul_(g[..., None])
+            coef = _pnorm_coefficient(diff, result[:, s : s + step], ctx.p).mul_(grad[:, s : s + step, None])
             if grad_x is not None:
                 grad_x += coef.sum(dim=1)
             if grad_w is not None:
-                grad_w[s : s + step] = -coef.sum(dim=0)
+                torch.sum(coef, dim=0, out=grad_w[s : s + step]).neg_()
         return grad_x, grad_w, None, None
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..certify.linf_dist import fast_p
 from ..certify.linf_dist_hybrid import LinfDistHybrid, hybrid_margin_bounds
 from ..certify.linf_dist_nets import LinfDistNet, set_p
 from ..errors import InvalidInputError, UnsupportedLayerError
@@ -126,7 +127,7 @@ class LinfDistObjective:
                 f"L∞-dist training needs an L∞-dist net (--model linf-dist-net), got {type(net).__name__}; "
                 "a hybrid net (linf-dist-hybrid) trains with LinfDistHybridObjective (method 'linf-dist-hybrid')"
             )
-        set_p(net, self.p_at(progress))
+        set_p(net, fast_p(self.p_at(progress)))  # integer p: the layer computes it with multiplies only
         logits = model(x)  # through the (possibly DDP) wrapper
         raw = logits / net.scale.abs()
         gaps = raw.gather(1, y[:, None]) - raw  # (B, K): raw_y - raw_j
@@ -189,7 +190,7 @@ class LinfDistHybridObjective:
             raise UnsupportedLayerError(
                 f"hybrid L∞-dist training needs a hybrid L∞-dist net (--model linf-dist-hybrid), got {type(net).__name__}"
             )
-        set_p(net, self.p_at(progress))
+        set_p(net, fast_p(self.p_at(progress)))  # integer p: the layer computes it with multiplies only
         features: list[torch.Tensor] = []
         hook = net.backbone.register_forward_hook(lambda _module, _inputs, out: features.append(out))
         try:
