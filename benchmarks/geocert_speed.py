@@ -13,7 +13,9 @@ binary nets) times per example:
 It prints and writes to the ``geocert_speed`` section of ``benchmarks/RESULTS.md`` the number solved exactly
 within the time limit, the median and maximum seconds (timeouts count as the limit), the median ratio
 GeoCert/MIP on examples both solved, and the largest disagreement between GeoCert's and the MIP's radii.
-``--quick`` is 3 digits and a 30 s limit.
+``--quick`` is 3 digits and a 30 s limit. ``--nets`` (substrings of the network names, e.g. ``mnist-fc 20-20-2``)
+and ``--methods`` (``geocert-linf geocert-l2 mip-linf``) run a part only, to iterate on one case; a partial run
+prints its table but leaves ``RESULTS.md`` alone.
 """
 
 from __future__ import annotations
@@ -63,14 +65,24 @@ def train_binary(hidden: tuple[int, ...], epochs: int = 15, seed: int = 0) -> nn
     return model.eval()
 
 
-def _bench(name: str, net: PiecewiseLinearNet, x: torch.Tensor, time_limit: float) -> dict:
-    rows = {"geocert-linf": [], "geocert-l2": [], "mip-linf": []}
+METHODS = ("geocert-linf", "geocert-l2", "mip-linf")
+
+
+def _bench(name: str, net: PiecewiseLinearNet, x: torch.Tensor, time_limit: float,
+           methods: tuple[str, ...] = METHODS) -> dict:
+    rows: dict[str, list] = {method: [] for method in methods}
     for xi in x:
         for norm in ("linf", "l2"):
+            if f"geocert-{norm}" not in methods:
+                continue
             start = time.perf_counter()
             seed, _ = boundary_search(net, xi[None], norm)
             res = geocert(net, xi, norm=norm, time_limit=time_limit, x_adv=seed[0])
             rows[f"geocert-{norm}"].append((res.status, time.perf_counter() - start, res.upper, res.n_regions))
+        if "mip-linf" not in methods:
+            print(name, {k: tuple(round(v, 4) if isinstance(v, float) else v for v in r[-1]) for k, r in rows.items()},
+                  flush=True)
+            continue
         start = time.perf_counter()
         _, dist = boundary_search(net, xi[None], "linf")
         mip = mindist_mip(net, xi, norm="linf", time_limit=time_limit, upper_bound=float(dist[0]))
@@ -82,12 +94,12 @@ def _bench(name: str, net: PiecewiseLinearNet, x: torch.Tensor, time_limit: floa
 
 def _summary(name: str, rows: dict, time_limit: float) -> list[str]:
     lines = []
-    mip = rows["mip-linf"]
+    mip = rows.get("mip-linf", [])
     for method, results in rows.items():
         solved = [r for r in results if r[0] == "exact"]
         seconds = [min(r[1], time_limit) if r[0] == "exact" else time_limit for r in results]
         ratio, gap = "", ""
-        if method == "geocert-linf":
+        if method == "geocert-linf" and mip:
             both = [(g[1], m[1]) for g, m in zip(results, mip) if g[0] == m[0] == "exact"]
             ratio = f"{statistics.median(g / m for g, m in both):.2f}" if both else "-"
             diffs = [abs(g[2] - m[2]) for g, m in zip(results, mip) if g[0] == m[0] == "exact"]
@@ -102,27 +114,33 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=10, help="test digits per network")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per example and method")
     parser.add_argument("--quick", action="store_true", help="3 digits, 30 s limit")
+    parser.add_argument("--nets", nargs="+", default=None, help="run only networks whose name contains one of these")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="run only these methods")
     args = parser.parse_args()
     if args.quick:
         args.digits, args.time_limit = 3, 30.0
     torch.set_num_threads(1)
     x_bin, y_bin = _binary_data("test")
     test = load_dataset("mnist-5k", "test")
-    nets = {
-        "784-20-20-10 (mnist-fc)": (load_model("mnist-fc"), test.images, test.labels),
-        "784-20-20-2 (1 vs 7)": (train_binary((20, 20)), x_bin, y_bin),
-        "784-10-50-10-2 (1 vs 7)": (train_binary((10, 50, 10)), x_bin, y_bin),
+    nets = {  # built on demand, so that --nets trains only what it runs
+        "784-20-20-10 (mnist-fc)": (lambda: load_model("mnist-fc"), test.images, test.labels),
+        "784-20-20-2 (1 vs 7)": (lambda: train_binary((20, 20)), x_bin, y_bin),
+        "784-10-50-10-2 (1 vs 7)": (lambda: train_binary((10, 50, 10)), x_bin, y_bin),
     }
     table = ["| network | method | exact | median s | max s | GeoCert/MIP (median) | max radius gap |",
              "|---|---|---|---|---|---|---|"]
-    for name, (model, images, labels) in nets.items():
-        net = PiecewiseLinearNet.from_module(model, (1, 28, 28)).to(torch.float64)
+    partial = args.nets is not None or tuple(args.methods) != METHODS
+    nets = {name: value for name, value in nets.items() if args.nets is None or any(n in name for n in args.nets)}
+    for name, (make_model, images, labels) in nets.items():
+        net = PiecewiseLinearNet.from_module(make_model(), (1, 28, 28)).to(torch.float64)
         correct = net(images.double()).argmax(1) == labels
         accuracy = float(correct.double().mean())
         x = images[correct][: args.digits].double()
-        rows = _bench(name, net, x, args.time_limit)
+        rows = _bench(name, net, x, args.time_limit, tuple(args.methods))
         table += _summary(f"{name}, acc {accuracy:.3f}", rows, args.time_limit)
         print("\n".join(table), flush=True)
+    if partial:
+        return
     markdown = "\n".join([
         "## GeoCert vs MIP (exact minimal adversarial distance)",
         "",

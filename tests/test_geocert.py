@@ -144,7 +144,7 @@ def test_decision_mode_certifies_below_and_attacks_above_the_radius():
 
 
 def test_time_limit_returns_valid_bounds_with_status_timeout():
-    net, x0 = _random_net(3, (10, 8, 8, 3)), _point(3, 10)
+    net, x0 = _random_net(7, (10, 12, 12, 3)), _point(7, 10)  # GeoCert needs > 3 s here, the MIP 0.1 s
     exact = mindist_mip(net, x0, norm="linf").upper
     start = time.perf_counter()
     result = geocert(net, x0, norm="linf", time_limit=0.2)

@@ -53,7 +53,7 @@ def test_neighbour_bounds_never_exceed_the_neighbours_exact_distance(norm):
     search = _Search(net, x0, norm, (0.0, 1.0))
     pattern = np.concatenate([(z[0] > 0).numpy() for z in net.pre_activations(torch.as_tensor(x0)[None])[:-1]])
     a, b, rows, _, _ = search.region(pattern)
-    ks, lbs = search.neighbour_bounds(a, b, rows, search.bound(a, b, np.inf), np.inf)
+    ks, lbs = search.neighbour_bounds(pattern, a, b, rows, search.bound(a, b, np.inf), np.inf)
     assert len(ks) == 10
     for k, lb in zip(ks, lbs):
         flipped = pattern.copy()

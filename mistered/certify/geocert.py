@@ -12,7 +12,13 @@ Pruning, cheapest first (every rule is a valid lower bound, so the answer stays 
   (:mod:`mistered.certify.halfspace`, one batched sort); a region's bound is the largest of its rows'. A
   neighbour (one unstable ReLU flipped) is queued with the bound of the rows it shares with the region plus the
   flipped row, all neighbours at once; its full bound is taken when it reaches the front of the queue, and the
-  exact projection is solved only if it still is in front; entries at or beyond the upper bound are dropped;
+  exact projection is solved only if it still is in front; entries at or beyond the upper bound are dropped.
+  A ReLU's row depends only on the pattern of the earlier layers, so its bound is memoised per search box
+  (neighbouring regions share most rows: 2.8x faster in L2 on ``mnist-fc``);
+* before a queued neighbour's projection, its flipped row is paired with each other row: if a non-negative
+  combination of the two misses the search box (:func:`~mistered.certify.halfspace.pair_excludes_box`), the
+  region is empty there and dropped without a solve (in L∞ most neighbours are empty: a flipped row is often
+  redundant);
 * the adversarial half-spaces of a region get the same closed-form bound before any solve;
 * ReLUs that linear-relaxation (CROWN) bounds prove stable are never flipped and their constraints are dropped;
   the bounds are taken over the search box and, for L2 and L1, also over the norm ball of radius = the upper
@@ -23,7 +29,8 @@ Pruning, cheapest first (every rule is a valid lower bound, so the answer stays 
 * an upper bound (an attack's ``x_adv`` or a number) seeds the search; :func:`certify_geocert` seeds it with
   :func:`~mistered.certify.boundary_search.boundary_search` and gives misclassified inputs radius 0 at once.
 
-Projections are exact (see :mod:`mistered.certify.projection`). Everything is float64.
+Projections are exact (see :mod:`mistered.certify.projection`; in L∞ one warm-started LP per search). Everything
+is float64.
 """
 
 from __future__ import annotations
@@ -39,11 +46,11 @@ import torch
 from ..errors import InvalidInputError
 from .boundary_search import boundary_search
 from .certificate import Certificate
-from .halfspace import halfspace_projection
+from .halfspace import halfspace_projection, pair_excludes_box
 from .interval import interval_bounds
 from .linear_bounds import linear_bounds
 from .plnet import PiecewiseLinearNet
-from .projection import polytope_distance
+from .projection import LinfProjector, polytope_distance
 
 __all__ = ["GeoCertResult", "geocert", "certify_geocert", "NORMS"]
 
@@ -94,6 +101,10 @@ class _Search:
         self.unstable = np.ones(sum(self.sizes), dtype=bool)
         self.stable_state = np.zeros(sum(self.sizes), dtype=bool)  # for stable ReLUs: True = always active
         self.box_radius = np.inf
+        self.layer_start = np.repeat(ends - np.array(self.sizes), self.sizes)  # first ReLU of each ReLU's layer
+        self._row_cache: dict[tuple[int, bool, bytes], float] = {}
+        self._row_cache_radius = np.nan
+        self.linf_projector = LinfProjector(x0) if norm == "linf" else None
 
     def box(self, radius: float) -> tuple[np.ndarray, np.ndarray]:
         if not np.isfinite(radius):
@@ -155,14 +166,32 @@ class _Search:
                                        torch.from_numpy(hi)[None])
         return dist[0].numpy() * (1 - _SAFETY)  # a hair below, against rounding
 
-    def neighbour_bounds(self, a, b, rows, row_dist, radius) -> tuple[np.ndarray, np.ndarray]:
+    def row_bounds(self, pattern: np.ndarray, a: np.ndarray, b: np.ndarray, rows: np.ndarray, radius: float,
+                   flip: bool = False) -> np.ndarray:
+        """:meth:`bound` of the region's rows ``a x <= b`` (ReLUs ``rows`` of ``pattern``; with ``flip``, of the
+        opposite half-spaces), memoised: a ReLU's row depends only on the pattern of the layers before its own, so
+        neighbouring regions share most rows. The memo holds for one search box and is cleared when it shrinks."""
+        if radius != self._row_cache_radius:
+            self._row_cache.clear()
+            self._row_cache_radius = radius
+        keys = [(k, s, pattern[:start].tobytes()) for k, s, start in
+                zip(rows.tolist(), (pattern[rows] ^ flip).tolist(), self.layer_start[rows].tolist())]
+        out = np.array([self._row_cache.get(key, np.nan) for key in keys])
+        missing = np.flatnonzero(np.isnan(out))
+        if missing.size:
+            sign = -1.0 if flip else 1.0
+            out[missing] = self.bound(sign * a[missing], sign * b[missing], radius)
+            self._row_cache.update(zip((keys[i] for i in missing), out[missing].tolist()))
+        return out
+
+    def neighbour_bounds(self, pattern, a, b, rows, row_dist, radius) -> tuple[np.ndarray, np.ndarray]:
         """Unstable ReLUs ``k`` and lower bounds on the distance to the region with ``k`` flipped: the flipped row
         and every row of the layers up to ``k``'s (those rows do not depend on ``k``), all at once."""
         full = np.zeros(self.unstable.shape[0])
         full[rows] = row_dist
         pick = self.unstable[rows]
         ks = rows[pick]
-        flipped = self.bound(-a[pick], -b[pick], radius)
+        flipped = self.row_bounds(pattern, a[pick], b[pick], ks, radius, flip=True)
         lbs = np.empty(ks.shape[0])
         before = 0.0
         for start, end in self.layer_bounds:
@@ -179,6 +208,8 @@ class _Search:
     def solve(self, a: np.ndarray, b: np.ndarray, radius: float):
         self.n_solves += 1
         lo, hi = self.box(radius)
+        if self.linf_projector is not None:
+            return self.linf_projector(a, b, lo, hi)
         return polytope_distance(self.norm, a, b, self.x0, lo, hi)
 
 
@@ -234,26 +265,30 @@ def geocert(
 
     search.shrink(limit())
     pattern0 = np.concatenate([(z[0] > 0).numpy() for z in net.pre_activations(torch.as_tensor(x0)[None])[:-1]])
-    heap: list[tuple[float, int, bool, np.ndarray]] = [(0.0, 0, True, pattern0)]
+    heap: list[tuple[float, int, bool, np.ndarray, int]] = [(0.0, 0, True, pattern0, -1)]  # last: the flipped ReLU
     queued = {pattern0.tobytes()}
     counter, n_regions, status = 1, 0, None
     while heap and heap[0][0] < limit():
         if time_limit is not None and time.perf_counter() - start > time_limit:
             status = "timeout"
             break
-        key, _, verified, pattern = heapq.heappop(heap)
+        key, _, verified, pattern, flipped_k = heapq.heappop(heap)
         a, b, rows, logit_mat, logit_off = search.region(pattern)
-        row_dist = search.bound(a, b, limit())
+        row_dist = search.row_bounds(pattern, a, b, rows, limit())
         region_lb = max(key, float(row_dist.max(initial=0.0)))
         if region_lb >= limit():
             continue
         if not verified:
+            at = np.flatnonzero(rows == flipped_k)
             if region_lb > key:  # the full closed-form bound moved it back: re-queue, solve only if still in front
-                heapq.heappush(heap, (region_lb, counter, False, pattern))
+                heapq.heappush(heap, (region_lb, counter, False, pattern, flipped_k))
+            elif at.size and pair_excludes_box(a[at[0]], b[at[0]], np.delete(a, at[0], 0), np.delete(b, at[0]),
+                                               *search.box(limit())):
+                pass  # the flipped row and another one leave nothing in the search box: the region is empty there
             else:  # exact distance to the region, re-queued with it
                 sol = search.solve(a, b, limit())
                 if sol is not None and sol[1] < limit():
-                    heapq.heappush(heap, (max(sol[1], key), counter, True, pattern))
+                    heapq.heappush(heap, (max(sol[1], key), counter, True, pattern, flipped_k))
             counter += 1
             continue
         n_regions += 1
@@ -271,7 +306,7 @@ def geocert(
         if decision_eps is not None and best <= eps:
             break
         # neighbours: flip each unstable ReLU, queued with a closed-form lower bound
-        ks, lbs = search.neighbour_bounds(a, b, rows, row_dist, limit())
+        ks, lbs = search.neighbour_bounds(pattern, a, b, rows, row_dist, limit())
         for k, lb in zip(ks, lbs):
             if lb >= limit() or not search.unstable[k]:
                 continue
@@ -281,7 +316,7 @@ def geocert(
             if tag in queued:
                 continue
             queued.add(tag)
-            heapq.heappush(heap, (float(lb), counter, False, flipped))
+            heapq.heappush(heap, (float(lb), counter, False, flipped, int(k)))
             counter += 1
     lower = min(heap[0][0], best) if heap else best
     if status is None:

@@ -12,6 +12,7 @@ fixed order:
 * L1: a fractional knapsack: fill the coordinates by decreasing ``|a_i|``; distance ``Σ u_i``.
 
 One sort per half-space, everything else is tensor ops (batched over examples and half-spaces).
+:func:`pair_excludes_box` uses the same box minimum to prove two half-spaces disjoint inside the box.
 
 Example:
     >>> dist, point = halfspace_projection("linf", a, b, x0, lo, hi)  # a (B, m, d), b (B, m), x0/lo/hi (B, d)
@@ -19,13 +20,15 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import InvalidInputError
 
-__all__ = ["halfspace_projection"]
+__all__ = ["halfspace_projection", "pair_excludes_box"]
 
 _NORMS = ("l1", "l2", "linf")
+_RATIOS = np.geomspace(1e-2, 1e2, 17)  # multipliers tried in pair_excludes_box
 
 
 def halfspace_projection(
@@ -84,3 +87,25 @@ def halfspace_projection(
     dist = torch.linalg.vector_norm(move, ord=order_p, dim=-1)
     dist = torch.where(feasible, dist, torch.full_like(dist, torch.inf))
     return dist, point
+
+
+def pair_excludes_box(
+    a_k: np.ndarray, b_k: float, a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> bool:
+    """A cheap emptiness certificate: True only if ``{a_k·x <= b_k, a_j·x <= b_j} ∩ [lo, hi]`` is empty for a row j.
+
+    For any ``λ >= 0`` the aggregate ``(a_k + λ a_j)·x <= b_k + λ b_j`` holds on that set; if its minimum over the
+    box (closed form) exceeds the right-hand side, the set is empty (Farkas with two rows). A few ``λ`` on a log
+    grid are tried for every ``j`` at once; False means "not proved", never "non-empty".
+
+    Args:
+        a_k: ``(d,)``, b_k: the row to test; a: ``(m, d)``, b: ``(m,)`` the other rows; lo, hi: ``(d,)`` the box.
+    """
+    if a.shape[0] == 0:
+        return False
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    comb = a_k[None, None, :] + _RATIOS[None, :, None] * a[:, None, :]  # (m, g, d)
+    low = (a_k @ mid + _RATIOS[None, :] * (a @ mid)[:, None]) - np.abs(comb) @ half
+    rhs = b_k + _RATIOS[None, :] * b[:, None]
+    slack = 1e-9 * (1.0 + np.abs(rhs) + np.abs(comb) @ np.maximum(np.abs(lo), np.abs(hi)))  # against rounding
+    return bool((low > rhs + slack).any())

@@ -3,6 +3,12 @@
 * L∞ and L1: linear programs solved by HiGHS' simplex (``scipy.optimize.linprog``), which returns a vertex
   optimum. We measured it ~1.2x-3x faster than OR-Tools GLOP on these 784-dimensional problems, mostly from
   model construction (HiGHS takes the sparse matrix directly; GLOP needs one Python call per coefficient).
+* L∞ within one search: :class:`LinfProjector` keeps one HiGHS model per ``x0`` (the box and the rows
+  ``-t <= δ_i <= t`` are built once; each call swaps the polytope's rows and re-solves by dual simplex from the
+  previous basis, ~2x faster than a fresh ``linprog`` on MNIST nets). It uses the HiGHS bindings bundled with
+  scipy (``scipy.optimize._highspy``, a private module: ``highspy`` itself cannot share a process with OR-Tools);
+  where they are missing, or a solve is not optimal or its point fails the feasibility check, it falls back to
+  :func:`distance_lp`.
 * L2: the projection is a convex QP with identity Hessian. No free solver reachable from OR-Tools solves it exactly,
   so we solve its dual ``max_{λ >= 0} min_{lo <= x <= hi} ½|x - x0|² + λᵀ(A x - b)`` by a projected Newton method
   (finite on this piecewise-quadratic dual), recover ``x = clip(x0 - Aᵀλ, lo, hi)`` (stationarity holds by
@@ -22,7 +28,12 @@ from scipy.optimize import linprog, nnls
 
 from ..errors import MisteredError
 
-__all__ = ["polytope_distance", "project_l2", "distance_lp", "FEASIBILITY_TOL"]
+try:  # HiGHS as bundled by scipy (private module; see the module docstring)
+    from scipy.optimize._highspy import _core as _highs
+except ImportError:  # pragma: no cover - depends on the scipy build
+    _highs = None
+
+__all__ = ["polytope_distance", "project_l2", "distance_lp", "LinfProjector", "FEASIBILITY_TOL"]
 
 #: Constraint violation accepted as feasible (in the units of ``A x - b``, rows are not normalised).
 FEASIBILITY_TOL = 1e-7
@@ -75,6 +86,78 @@ def distance_lp(
         raise MisteredError(f"unknown norm {norm!r}; use 'l1', 'l2' or 'linf'")
     x = np.clip(x0 + delta, lo, hi)
     return x, _norm(x - x0, norm)
+
+
+class LinfProjector:
+    """Exact L∞ distances from one fixed ``x0`` ``(d,)`` to a sequence of polytopes ``{A x <= b} ∩ [lo, hi]``.
+
+    One persistent LP in ``(δ, t)``: minimise ``t`` s.t. ``-t <= δ_i <= t``, ``lo - x0 <= δ <= hi - x0`` and the
+    current polytope's rows ``A δ <= b - A x0``; each call replaces those rows and warm-starts from the last basis.
+    Results equal :func:`distance_lp` (same solver, same tolerances); any doubt falls back to it.
+
+    Example:
+        >>> proj = LinfProjector(x0)
+        >>> x, dist = proj(A, b, lo, hi)   # or None when the polytope is empty
+    """
+
+    def __init__(self, x0: np.ndarray) -> None:
+        self.x0 = np.asarray(x0, dtype=np.float64)
+        self.d = self.x0.shape[0]
+        self.n_fallbacks = 0
+        self._model = None if _highs is None else self._build()
+        self._n_rows = 0
+        self._bounds: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _build(self):
+        d, model = self.d, _highs._Highs()
+        model.setOptionValue("output_flag", False)
+        model.setOptionValue("presolve", "off")  # presolve would discard the basis between calls
+        inf = model.getInfinity()
+        cost = np.zeros(d + 1)
+        cost[-1] = 1.0
+        lower = np.concatenate([np.full(d, -inf), [0.0]])
+        model.addCols(d + 1, cost, lower, np.full(d + 1, inf), 0, np.zeros(0, np.int32), np.zeros(0, np.int32),
+                      np.zeros(0))
+        starts = np.arange(0, 2 * d, 2, dtype=np.int32)
+        cols = np.stack([np.arange(d, dtype=np.int32), np.full(d, d, dtype=np.int32)], axis=1).ravel()
+        for sign in (1.0, -1.0):  # sign * δ_i - t <= 0
+            model.addRows(d, np.full(d, -inf), np.zeros(d), 2 * d, starts, cols, np.tile([sign, -1.0], d))
+        self._inf = inf
+        return model
+
+    def __call__(self, A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """The point of ``{A x <= b} ∩ [lo, hi]`` nearest to ``x0`` in L∞ and its distance, or ``None`` if empty."""
+        if self._model is not None:
+            outcome = self._solve(A, b, lo, hi)
+            if outcome != "failed":
+                return outcome
+        self.n_fallbacks += 1
+        return distance_lp("linf", A, b, self.x0, lo, hi)
+
+    def _solve(self, A, b, lo, hi):
+        model, d, x0 = self._model, self.d, self.x0
+        if self._bounds is None or not (np.array_equal(self._bounds[0], lo) and np.array_equal(self._bounds[1], hi)):
+            model.changeColsBounds(d, np.arange(d, dtype=np.int32), lo - x0, hi - x0)
+            self._bounds = (lo.copy(), hi.copy())
+        if self._n_rows:
+            model.deleteRows(self._n_rows, np.arange(2 * d, 2 * d + self._n_rows, dtype=np.int32))
+        m = A.shape[0]
+        if m:
+            nonzero = A != 0
+            starts = np.concatenate([[0], np.cumsum(nonzero.sum(1))[:-1]]).astype(np.int32)
+            model.addRows(m, np.full(m, -self._inf), b - A @ x0, int(nonzero.sum()), starts,
+                          np.nonzero(nonzero)[1].astype(np.int32), A[nonzero])
+        self._n_rows = m
+        model.run()
+        status = model.getModelStatus()
+        if status == _highs.HighsModelStatus.kInfeasible:
+            return None
+        if status != _highs.HighsModelStatus.kOptimal:
+            return "failed"
+        x = np.clip(x0 + np.asarray(model.getSolution().col_value)[:d], lo, hi)
+        if m and (A @ x - b).max() > FEASIBILITY_TOL:
+            return "failed"
+        return x, _norm(x - x0, "linf")
 
 
 def _linprog(cost, a_ub, b_ub, bounds) -> np.ndarray | None:
