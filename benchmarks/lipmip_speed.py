@@ -7,7 +7,9 @@ objective f_7 - f_1; primal norm L∞ (dual L1). Writes its section of ``benchma
 
 Reference (original LipMIP + Gurobi, one thread): median 5.6 s (r=0.1) and 8.8 s (r=0.2) on 196-20-20-2.
 
-Usage: ``python benchmarks/lipmip_speed.py [--points 3] [--time-limit 120]``
+Usage: ``python benchmarks/lipmip_speed.py [--points 3] [--time-limit 120] [--solver SCIP] [--bounds crown]
+[--compare-bounds] [--only 196 --radii 0.2 --methods lipmip --no-write]`` (``--compare-bounds`` adds a LipMIP row
+with interval-only bounds, the old code path, measured in the same run).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import machine_description, update_section  # noqa: E402
 
 from mistered.certify.local_lipschitz import METHODS, EstimatorOptions, estimate_lipschitz  # noqa: E402
+from mistered.certify.local_lipschitz.lipmip import PRE_ACTIVATION_BOUNDS  # noqa: E402
 from mistered.data import load_dataset  # noqa: E402
 
 
@@ -66,15 +70,21 @@ def synthetic(d: int, seed: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 2)).eval()
 
 
-def run_setting(name: str, net: nn.Module, x: torch.Tensor, radius: float, opts: EstimatorOptions) -> list[str]:
+def run_setting(
+    name: str, net: nn.Module, x: torch.Tensor, radius: float, runs: list[tuple[str, EstimatorOptions]]
+) -> list[str]:
+    """One row per ``(method, options)``; MIP rows also give the median number of binaries and the bounds used."""
     rows = []
-    for method in METHODS:
+    for method, opts in runs:
         est = estimate_lipschitz(net, x, radius, "linf", (1, 0), method, options=opts)
         times = est.details.get("example_seconds", [est.seconds / len(x)] * len(x))
         exact = sum(s == "exact" for s in est.status)
         status = f"{exact}/{len(x)} exact" if method == "lipmip" else est.kind
-        rows.append(f"| {name} | {radius} | {method} | {statistics.median(est.value.tolist()):.4g} | "
-                    f"{statistics.median(times):.3g} | {max(times):.3g} | {status} |")
+        stats = est.details.get("stats")
+        binaries = f"{statistics.median(s['binaries'] for s in stats):.0f}" if stats else ""
+        label = f"{method} ({opts.bounds}, {opts.solver})" if stats else method
+        rows.append(f"| {name} | {radius} | {label} | {statistics.median(est.value.tolist()):.4g} | "
+                    f"{statistics.median(times):.3g} | {max(times):.3g} | {binaries} | {status} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -83,30 +93,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=3, help="test points per setting")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per LipMIP/LP problem")
+    parser.add_argument("--solver", default="SCIP", help="LipMIP's MIP solver (SCIP, CBC, HIGHS)")
+    parser.add_argument("--bounds", default="crown", choices=PRE_ACTIVATION_BOUNDS, help="LipMIP's neuron bounds")
+    parser.add_argument("--compare-bounds", action="store_true", help="add a LipMIP row with interval-only bounds")
+    parser.add_argument("--only", nargs="*", default=["196", "784", "2", "16"], help="networks by input size")
+    parser.add_argument("--radii", nargs="*", type=float, default=None, help="radii (default: each setting's own)")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--no-write", action="store_true", help="print the rows only, leave RESULTS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    opts = EstimatorOptions(time_limit=args.time_limit)
+    opts = EstimatorOptions(time_limit=args.time_limit, solver=args.solver, bounds=args.bounds)
+    runs = [(m, replace(opts, solver=None) if m == "lp" else opts) for m in args.methods]
+    if args.compare_bounds and "lipmip" in args.methods:
+        runs.append(("lipmip", replace(opts, bounds="interval")))
     rows: list[str] = []
     for pool, label in ((2, "MNIST 1v7 196-20-20-2"), (1, "MNIST 1v7 784-20-20-2")):
+        if str(784 // pool**2) not in args.only:
+            continue
         x_train, y_train, x_test, y_test = binary_mnist(pool)
         net = train_binary(x_train, y_train, (20, 20))
         accuracy = float((net(x_test).argmax(1) == y_test).float().mean())
-        for radius in (0.1, 0.2):
-            rows += run_setting(f"{label} (test acc {accuracy:.3f})", net, x_test[: args.points], radius, opts)
+        for radius in args.radii or (0.1, 0.2):
+            rows += run_setting(f"{label} (test acc {accuracy:.3f})", net, x_test[: args.points], radius, runs)
     for d in (2, 16):
+        if str(d) not in args.only:
+            continue
         x = torch.rand(args.points, d, generator=torch.Generator().manual_seed(d))
-        for radius in (0.1, 0.5):
-            rows += run_setting(f"synthetic {d}-20-20-2", synthetic(d, d), x, radius, opts)
+        for radius in args.radii or (0.1, 0.5):
+            rows += run_setting(f"synthetic {d}-20-20-2", synthetic(d, d), x, radius, runs)
     header = [
-        f"Machine: {machine_description()}; one thread; LipMIP on SCIP (OR-Tools, cutting planes off), forward",
-        f"(tangent) encoding for the margin f_1 - f_0; LP = relaxation of the backward (paper's) encoding on GLOP;",
-        f"{args.points} test points per row, time limit {args.time_limit:.0f} s per problem; value = median over points.",
+        f"Machine: {machine_description()}; one thread; LipMIP on {args.solver} (OR-Tools) with {args.bounds} neuron",
+        "bounds, forward (tangent) encoding for the margin f_1 - f_0; LP = relaxation of the backward (paper's)",
+        f"encoding on GLOP; {args.points} test points per row, time limit {args.time_limit:.0f} s per problem;",
+        "value = median over points; binaries = median number of binaries of the MIP.",
         "Reference: original LipMIP + Gurobi, one thread, 196-20-20-2: median 5.6 s (r=0.1), 8.8 s (r=0.2).",
         "",
-        "| network | radius | method | median value | median s | max s | kind / status |",
-        "|---|---|---|---|---|---|---|",
+        "| network | radius | method | median value | median s | max s | binaries | kind / status |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    update_section("lipmip_speed", "\n".join(header + rows))
+    if not args.no_write:
+        update_section("lipmip_speed", "\n".join(header + rows))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import linprog
 from torch import nn
 
 from mistered.certify.local_lipschitz import EstimatorOptions, estimate_lipschitz, resolve_objective
+from mistered.certify.interval import linf_box
+from mistered.certify.linear_bounds import linear_bounds
 from mistered.certify.plnet import PiecewiseLinearNet
+from mistered.errors import InvalidInputError
 
 
 def random_net(seed: int, sizes: tuple[int, ...], bias_scale: float = 0.5) -> nn.Sequential:
@@ -104,3 +109,46 @@ def test_forward_and_backward_formulations_agree(norm):
         for f in ("forward", "backward")
     ]
     assert torch.allclose(values[0], values[1], rtol=1e-5)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 50), radius=st.sampled_from([0.3, 0.6, 1.0]), norm=st.sampled_from(["linf", "l1"]))
+def test_lipmip_with_crown_bounds_equals_brute_force_on_random_nets_and_radii(seed, radius, norm):
+    exact, net, x0 = brute_force_lipschitz(seed, radius, "margin", norm)
+    got = estimate_lipschitz(net, x0, radius, norm, "margin", "lipmip", options=EstimatorOptions(solver="CBC"))
+    assert got.details["stats"][0]["bounds"] == "crown"
+    assert float(got.value[0]) == pytest.approx(exact, rel=1e-5, abs=1e-9)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), radius=st.sampled_from([0.05, 0.2, 0.5, 1.0]))
+def test_crown_bounds_contain_every_sampled_pre_activation(seed, radius):
+    net = PiecewiseLinearNet.from_module(random_net(seed, (6, 12, 10, 8, 3)), (6,))
+    x0 = torch.rand(2, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    lower, upper = linf_box(x0, radius, clip=None)
+    bounds = linear_bounds(net, lower, upper)
+    u = torch.rand(2, 4000, 6, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    corners = torch.randint(0, 2, (2, 1000, 6), generator=torch.Generator().manual_seed(seed + 2)).double()
+    points = lower[:, None] + torch.cat([u, corners], 1) * (upper - lower)[:, None]  # interior and vertices
+    for (lo, hi), z in zip(bounds, net.pre_activations(points.reshape(-1, 6))):
+        z = z.reshape(2, -1, z.shape[-1])
+        assert (z >= lo[:, None] - 1e-9).all() and (z <= hi[:, None] + 1e-9).all()
+
+
+def test_crown_bounds_give_fewer_binaries_and_the_same_value_as_interval_bounds():
+    net = PiecewiseLinearNet.from_module(random_net(23, (6, 10, 10, 10, 2), bias_scale=0.3), (6,))
+    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    runs = {
+        b: estimate_lipschitz(net, x0, 0.2, "linf", "margin", "lipmip", options=EstimatorOptions(solver="CBC", bounds=b))
+        for b in ("interval", "crown")
+    }
+    binaries = {b: r.details["stats"][0]["binaries"] for b, r in runs.items()}
+    assert binaries["crown"] < binaries["interval"]
+    assert float(runs["crown"].value[0]) == pytest.approx(float(runs["interval"].value[0]), rel=1e-6)
+
+
+def test_unknown_bounds_are_refused():
+    net = random_net(0, (2, 3, 2))
+    with pytest.raises(InvalidInputError, match="bounds must be one of"):
+        estimate_lipschitz(net, torch.zeros(1, 2, dtype=torch.float64), 0.1, method="lipmip",
+                           options=EstimatorOptions(bounds="magic"))

@@ -82,6 +82,9 @@ class EstimatorOptions:
         formulation: LipMIP's encoding, ``"auto"``, ``"forward"`` or ``"backward"`` (see
             :func:`~mistered.certify.local_lipschitz.lipmip.solve_lipmip`). ``lp`` always relaxes the backward
             (LipMIP paper's) encoding, whose relaxation is the tighter of the two on wide inputs.
+        bounds: pre-activation bounds behind the stable-neuron sets and big-M constants of ``lipmip`` and
+            ``lp``: ``"crown"`` (linear relaxation intersected with intervals; tighter, fewer binaries, faster) or
+            ``"interval"`` (IBP only). Both are valid, so the exact value does not depend on it.
     """
 
     seed: int = 0
@@ -92,6 +95,7 @@ class EstimatorOptions:
     solver: str | None = None
     mip_gap: float = 1e-6
     formulation: str = "auto"
+    bounds: str = "crown"
 
 
 _Estimator = Callable[[PiecewiseLinearNet, torch.Tensor, torch.Tensor, OutputDirections, str, EstimatorOptions], tuple]
@@ -173,7 +177,7 @@ def _mip(relax: bool) -> _Estimator:
             solve_lipmip(
                 net, lower[i], upper[i], directions.select(i), norm, relax=relax, solver=opts.solver,
                 time_limit=opts.time_limit, mip_gap=opts.mip_gap,
-                formulation="backward" if relax else opts.formulation,
+                formulation="backward" if relax else opts.formulation, bounds=opts.bounds,
             )
             for i in range(lower.shape[0])
         ]

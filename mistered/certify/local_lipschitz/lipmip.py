@@ -8,8 +8,12 @@ For one example, with box ``B = [lower, upper]`` and output weightings ``C`` (se
 where ``D_k(x)`` ranges over the generalised ReLU derivatives: a neuron with pre-activation exactly 0 may
 take either 0 or 1 (the Clarke-style relaxation LipMIP uses; it changes nothing for nets in general position).
 
+* Pre-activation bounds: CROWN (:func:`~mistered.certify.linear_bounds.linear_bounds`, intersected with the
+  interval bounds) by default, IBP with ``bounds="interval"``. Both are valid, so the optimum is the same; the
+  tighter ones fix more neurons as stable and shrink every big-M constant (layer-2 bound widths -40% on MNIST
+  196-20-20-2 at r=0.2).
 * Forward pass: big-M ReLU ``z = relu(z_hat)`` with one binary ``delta`` per unstable neuron; neurons that
-  interval bounds prove stable get no binary (``z = z_hat`` or ``z = 0``).
+  the bounds prove stable get no binary (``z = z_hat`` or ``z = 0``).
 * Backward pass: ``a = delta * g`` with the SAME binary, linearised exactly with big-M from interval bounds of
   ``g`` (:func:`~mistered.certify.local_lipschitz.jacobian.backward_bounds`): ``gl' delta <= a <= gu' delta``,
   ``g - gu'(1 - delta) <= a <= g - gl'(1 - delta)``. Backward quantities are kept as exact linear expressions
@@ -41,13 +45,15 @@ import torch
 
 from ...errors import InvalidInputError, UnsoundResultError
 from ..interval import interval_bounds, stable_masks
+from ..linear_bounds import linear_bounds
 from ..plnet import PiecewiseLinearNet
 from .directions import DUAL_NORMS, OutputDirections
 from .jacobian import backward_bounds, fastlip_bound
 
-__all__ = ["MIP_SOLVERS", "LP_SOLVERS", "MipSolution", "solve_lipmip"]
+__all__ = ["MIP_SOLVERS", "LP_SOLVERS", "PRE_ACTIVATION_BOUNDS", "MipSolution", "solve_lipmip"]
 
 MIP_SOLVERS = ("SCIP", "CBC", "HIGHS")
+PRE_ACTIVATION_BOUNDS = ("interval", "crown")
 LP_SOLVERS = ("GLOP", "CLP", "HIGHS", "PDLP")
 _SCIP_PARAMETERS = "separating/maxrounds = 0\nseparating/maxroundsroot = 0\n"
 _TINY = 1e-13
@@ -284,6 +290,7 @@ def solve_lipmip(
     time_limit: float | None = None,
     mip_gap: float = 1e-6,
     formulation: str = "auto",
+    bounds: str = "crown",
 ) -> MipSolution:
     """Solve LipMIP (or its LP relaxation) for ONE example.
 
@@ -300,6 +307,7 @@ def solve_lipmip(
             ``"forward"`` (fixed ``c`` only: ``max c^T J(x) v`` over the primal unit ball of ``v``, a linear
             objective with no dual-norm binaries; much faster on wide inputs), or ``"auto"`` (forward when ``c``
             is fixed, else backward). Both are exact.
+        bounds: the pre-activation bounds for stable neurons and big-M: ``"crown"`` (tighter) or ``"interval"``.
     """
     if norm == "l2":
         raise InvalidInputError(
@@ -317,11 +325,13 @@ def solve_lipmip(
         directions.lower.to("cpu", torch.float64), directions.upper.to("cpu", torch.float64),
         directions.simplex, directions.description,
     )
-    bounds = interval_bounds(net, lo, hi)
-    fallback = float(fastlip_bound(net, bounds, directions, norm)[0])
+    if bounds not in PRE_ACTIVATION_BOUNDS:
+        raise InvalidInputError(f"bounds must be one of {PRE_ACTIVATION_BOUNDS}, got {bounds!r}")
+    pre = (interval_bounds if bounds == "interval" else linear_bounds)(net, lo, hi)
+    fallback = float(fastlip_bound(net, pre, directions, norm)[0])
 
     model = _Model(solver, relax)
-    x_vars, deltas = _forward(model, net, lo[0].numpy(), hi[0].numpy(), bounds)
+    x_vars, deltas = _forward(model, net, lo[0].numpy(), hi[0].numpy(), pre)
     if formulation == "auto":
         formulation = "forward" if directions.fixed else "backward"
     if formulation == "forward":
@@ -329,7 +339,7 @@ def solve_lipmip(
             raise InvalidInputError("formulation='forward' needs a fixed output weighting (scalar or margin objective)")
         _tangent(model, net, deltas, directions.lower[0].numpy(), norm)
     elif formulation == "backward":
-        back = backward_bounds(net, bounds, directions.lower, directions.upper)
+        back = backward_bounds(net, pre, directions.lower, directions.upper)
         coef, const, variables = _backward(model, net, deltas, back, directions)
         _dual_norm_objective(model, coef, const, variables, back[0][0][0].numpy(), back[0][1][0].numpy(), norm)
     else:
@@ -347,12 +357,12 @@ def solve_lipmip(
         "solver": solver, "binaries": model.binaries, "variables": model.solver.NumVariables(),
         "constraints": model.solver.NumConstraints(),
         "unstable": int(sum(not isinstance(d, int) for layer in deltas for d in layer)),
-        "formulation": formulation,
+        "formulation": formulation, "bounds": bounds,
     }
     has_incumbent = status in (s.OPTIMAL, s.FEASIBLE)
     if status in (s.INFEASIBLE, s.ABNORMAL, s.MODEL_INVALID):
         raise UnsoundResultError(f"{solver} reported status {status} for a LipMIP model that contains x0; "
-                                 "the interval bounds or the encoding are wrong, please report this")
+                                 "the pre-activation bounds or the encoding are wrong, please report this")
     incumbent = model.solver.Objective().Value() if has_incumbent else 0.0
     x = torch.tensor([v.solution_value() for v in x_vars], dtype=torch.float64) if has_incumbent else None
     seconds = time.perf_counter() - start
