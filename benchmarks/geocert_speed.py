@@ -142,9 +142,7 @@ def main() -> None:
     if partial:
         return
     markdown = "\n".join([
-        "## GeoCert vs MIP (exact minimal adversarial distance)",
-        "",
-        f"Machine: {machine_description()}. Command: `python benchmarks/geocert_speed.py"
+        f"Exact minimal adversarial distance. Machine: {machine_description()}. Command: `python benchmarks/geocert_speed.py"
         f"{' --quick' if args.quick else ''} --digits {args.digits} --time-limit {args.time_limit:g}`.",
         f"First {args.digits} correctly classified test digits per network; time limit {args.time_limit:g} s per "
         "example and method (a timeout counts as the limit). Times include the closed-form boundary search that "
