@@ -15,6 +15,7 @@ Measures, on this machine, and rewrites the ``certify_speed`` section of ``bench
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import re
@@ -112,7 +113,12 @@ def fashion(checkpoint: str) -> list[str]:
     correct = torch.cat([c.predictions == c.labels for c in certs])
     radius = torch.cat([c.radius for c in certs])
     certified = float((correct & (radius > 0.1)).float().mean())
-    return [f"| `{meta.get('command')}` | {meta.get('n_train')} | {meta.get('train_seconds')} s on {meta.get('device')} | "
+    record = Path(checkpoint).with_name("results.json")  # the training run's record, when the checkpoint is beside it
+    training = "not recorded"
+    if record.exists():
+        run = json.loads(record.read_text())
+        training = f"{run['timings']['total']:.0f} s on {run['device']['name']}"
+    return [f"| `{meta.get('command')}` | {meta.get('n_train')} | {training} | "
             f"{float(correct.float().mean()):.4f} | {certified:.4f} | 0.7923 |"]
 
 
