@@ -55,6 +55,17 @@ def _train_eps(eps: float) -> float:
     return eps
 
 
+def _relaxed_net(model: nn.Module, kind: type, schedule: "PSchedule", progress: float, refusal: str) -> nn.Module:
+    """The network inside ``model`` (DDP unwrapped), refused with ``refusal`` (``{name}``: its class) unless a
+    ``kind``, with every L∞-dist layer's ``p`` set to the schedule's at ``progress``, rounded to the integer the
+    layer computes with multiplies only (:func:`~mistered.certify.linf_dist.fast_p`)."""
+    net = unwrap_model(model)
+    if not isinstance(net, kind):
+        raise UnsupportedLayerError(refusal.format(name=type(net).__name__))
+    set_p(net, fast_p(schedule.p_at(progress)))
+    return net
+
+
 @dataclass(frozen=True)
 class PSchedule:
     """The p-relaxation: ``p`` rises exponentially from ``p_start`` to ``p_end`` over ``phase``, then ``inf``.
@@ -121,13 +132,9 @@ class LinfDistObjective:
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        net = unwrap_model(model)
-        if not isinstance(net, LinfDistNet):
-            raise UnsupportedLayerError(
-                f"L∞-dist training needs an L∞-dist net (--model linf-dist-net), got {type(net).__name__}; "
-                "a hybrid net (linf-dist-hybrid) trains with LinfDistHybridObjective (method 'linf-dist-hybrid')"
-            )
-        set_p(net, fast_p(self.p_at(progress)))  # integer p: the layer computes it with multiplies only
+        net = _relaxed_net(model, LinfDistNet, self.schedule, progress,
+                           "L∞-dist training needs an L∞-dist net (--model linf-dist-net), got {name}; a hybrid net "
+                           "(linf-dist-hybrid) trains with LinfDistHybridObjective (method 'linf-dist-hybrid')")
         logits = model(x)  # through the (possibly DDP) wrapper
         raw = logits / net.scale.abs()
         gaps = raw.gather(1, y[:, None]) - raw  # (B, K): raw_y - raw_j
@@ -185,12 +192,8 @@ class LinfDistHybridObjective:
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        net = unwrap_model(model)
-        if not isinstance(net, LinfDistHybrid):
-            raise UnsupportedLayerError(
-                f"hybrid L∞-dist training needs a hybrid L∞-dist net (--model linf-dist-hybrid), got {type(net).__name__}"
-            )
-        set_p(net, fast_p(self.p_at(progress)))  # integer p: the layer computes it with multiplies only
+        net = _relaxed_net(model, LinfDistHybrid, self.schedule, progress,
+                           "hybrid L∞-dist training needs a hybrid L∞-dist net (--model linf-dist-hybrid), got {name}")
         features: list[torch.Tensor] = []
         hook = net.backbone.register_forward_hook(lambda _module, _inputs, out: features.append(out))
         try:
