@@ -1,11 +1,16 @@
 """L∞-dist layers and nets: exact gradients, bounded memory, sound certificates, the v2 objective's schedules."""
 
+import logging
 import math
+import shutil
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+from mistered.certify import linf_dist as linf_dist_module
 from mistered.certify.linf_dist import LinfDistConv2d, LinfDistLinear, MeanShift, fast_p, linf_dist
 from mistered.certify.linf_dist_nets import LinfDistNet, certify_linf_dist, linf_dist_radius
 from mistered.errors import InvalidInputError, UnsupportedLayerError
@@ -103,6 +108,101 @@ def test_forward_and_backward_never_form_the_batch_out_in_tensor(p):
         linf_dist(x, w, p, chunk_elements=budget).sum().backward()
     assert mode.numel <= max(budget, out * inp)  # a chunk, or the weight-sized gradient
     assert mode.numel < batch * out * inp
+
+
+def _first_argmax(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    diff = (x[:, None, :] - w[None]).abs()
+    hits = diff == diff.amax(dim=-1, keepdim=True)
+    return torch.where(hits, torch.arange(x.shape[1]), x.shape[1]).amin(dim=-1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 9), out=st.integers(1, 9), inp=st.integers(1, 13),
+    chunk=st.integers(1, 200), integer=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_p_inf_values_equal_cdist_bit_for_bit_and_index_is_first_argmax(batch, out, inp, chunk, integer, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(batch, inp, generator=gen), torch.randn(out, inp, generator=gen)
+    if integer:  # small integers: ties everywhere
+        x, w = x.mul(2).round(), w.mul(2).round()
+    values, index = linf_dist_module._max_abs_diff(x, w, chunk, with_index=True)
+    assert torch.equal(values, torch.cdist(x, w, p=math.inf))
+    assert torch.equal(index, _first_argmax(x, w))
+    assert torch.equal(linf_dist(x, w, math.inf, chunk), values)  # the no-grad path
+
+
+def test_p_inf_gradcheck_in_float64():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: linf_dist(a, b, math.inf, chunk_elements=30), (x, w))
+
+
+@pytest.mark.parametrize("chunk", [1, 500, 1 << 20])
+def test_p_inf_gradients_equal_cdist_gradients_in_float32(chunk):
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(16, 50, generator=gen, requires_grad=True)
+    w = torch.randn(24, 50, generator=gen, requires_grad=True)
+    g = torch.randn(16, 24, generator=gen)
+    ours = torch.autograd.grad((linf_dist(x, w, math.inf, chunk) * g).sum(), (x, w))
+    theirs = torch.autograd.grad((torch.cdist(x, w, p=math.inf) * g).sum(), (x, w))
+    for mine, reference in zip(ours, theirs):
+        assert torch.allclose(mine, reference, atol=1e-6)
+
+
+def test_p_inf_tie_sends_the_gradient_to_the_first_argmax_and_zero_distance_gets_none():
+    x = torch.tensor([[0.0, 1.0, -1.0], [2.0, 2.0, 2.0]], requires_grad=True)
+    w = torch.tensor([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]], requires_grad=True)
+    y = linf_dist(x, w)
+    assert torch.equal(y.detach(), torch.tensor([[1.0, 3.0], [2.0, 0.0]]))
+    (y[0, 0] + y[1, 0] + y[1, 1]).backward()  # |d| = (0, 1, 1), (2, 2, 2) with w_0; (0, 0, 0) with w_1
+    assert torch.equal(x.grad, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))  # the first of the ties only
+    assert torch.equal(w.grad, torch.tensor([[-1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]))  # zero distance: zero, as cdist
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_kernel_gives_the_eager_values_first_argmax_and_gradients():
+    gen = torch.Generator().manual_seed(7)
+    x, w = torch.randn(8, 40, generator=gen).mul(2).round(), torch.randn(12, 40, generator=gen).mul(2).round()  # ties
+    compiled = linf_dist_module._compiled_max_abs_diff(x, w)
+    assert compiled is not None  # the compiled kernel ran, no silent fallback
+    assert torch.equal(compiled[0], torch.cdist(x, w, p=math.inf))
+    assert torch.equal(compiled[1], _first_argmax(x, w))
+    x = torch.rand(8, 40, generator=gen, requires_grad=True)  # same shapes: no recompilation
+    w = torch.randn(12, 40, generator=gen, requires_grad=True)
+    ours = torch.autograd.grad(linf_dist(x, w, compiled=True).sum(), (x, w))
+    eager = torch.autograd.grad(linf_dist(x, w).sum(), (x, w))
+    assert all(torch.equal(a, b) for a, b in zip(ours, eager))
+
+
+def test_compile_failure_falls_back_to_the_eager_kernel_with_one_warning(monkeypatch, caplog):
+    def no_compiler():
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(linf_dist_module, "_build_kernel", no_compiler)
+    monkeypatch.setattr(linf_dist_module, "_KERNEL", {})
+    x, w = torch.rand(3, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    with caplog.at_level(logging.WARNING, logger=linf_dist_module.__name__):
+        first, second = linf_dist(x, w, compiled=True), linf_dist(x, w, compiled=True)
+    assert torch.equal(first, torch.cdist(x, w, p=math.inf)) and torch.equal(second, first)
+    assert [r.getMessage().count("no C++ compiler") for r in caplog.records] == [1]
+
+
+def test_compiled_in_float64_uses_the_exact_eager_kernel_without_compiling(monkeypatch):
+    monkeypatch.setattr(linf_dist_module, "_build_kernel", lambda: pytest.fail("compiled for float64"))
+    monkeypatch.setattr(linf_dist_module, "_KERNEL", {})
+    x, w = torch.rand(3, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    assert torch.equal(linf_dist(x, w, compiled=True), torch.cdist(x, w, p=math.inf))
+
+
+def test_layer_attribute_compiled_reaches_the_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(linf_dist_module, "_compiled_max_abs_diff", lambda x, w: calls.append(x.shape))  # -> eager
+    layer = LinfDistConv2d(1, 2, 3, mean_shift=False)
+    layer.compiled = True
+    layer(torch.rand(2, 1, 4, 4))
+    assert calls == [(8, 9)]
 
 
 def test_identity_initialisation_passes_inputs_through():
