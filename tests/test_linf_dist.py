@@ -161,6 +161,8 @@ def test_p_inf_tie_sends_the_gradient_to_the_first_argmax_and_zero_distance_gets
     assert torch.equal(w.grad, torch.tensor([[-1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]))  # zero distance: zero, as cdist
 
 
+# Justified skip: the compiled kernel is opt-in and needs a C++ compiler, which the README's set-up does not
+# install; without one, the fallback to the eager kernel is tested below (it runs everywhere).
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_kernel_gives_the_eager_values_first_argmax_and_gradients():
     gen = torch.Generator().manual_seed(7)
