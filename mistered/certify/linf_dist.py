@@ -5,11 +5,9 @@ test time), which is what :mod:`mistered.certify.linf_dist_nets` certifies. Trai
 ``p`` from 8 upwards (the p-norm is smooth, the max is not), driven by the objective's schedule.
 
 No ``(B, out, in)`` tensor is ever formed: memory is ``O(B * out)`` in the forward and the backward
-pass. For ``p = inf`` the forward reduces ``(c, B, out)`` chunks over their leading dimension (``c`` input
-coordinates at a time: vectorised elementwise maxima; 2-3x faster than ``torch.cdist``, bit-identical values) and
-keeps each output's arg-max coordinate (``(B, out)`` int64), so that the backward is a scatter of ``O(B * out)``
-work instead of ``torch.cdist``'s second pass over ``(B, out, in)``; an opt-in ``torch.compile``-d kernel fuses
-values and arg-max into one loop (another ~2.5x on CPU). For finite ``p`` a custom autograd
+pass. ``p = inf`` runs the max-distance kernel of :mod:`mistered.certify.linf_dist_kernel` (eager chunked
+reduction, or a ``torch.compile``-d fused one with ``compiled=True``: ~2.5x faster on CPU; bit-identical values
+to ``torch.cdist``, an ``O(B * out)`` scatter as backward). For finite ``p`` a custom autograd
 function works in chunks over the output neurons (at most ``chunk_elements`` values at a time,
 recomputed in the backward pass) and rescales by the largest coordinate, so ``p`` in the hundreds
 neither overflows nor underflows in float32 (``torch.cdist`` does).
@@ -20,23 +18,20 @@ Integer ``p`` (see :func:`fast_p`) is raised by repeated squaring and the backwa
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch import nn
 
 from ..errors import InvalidInputError
+from .linf_dist_kernel import max_dist
 
 __all__ = ["linf_dist", "fast_p", "LinfDistLinear", "LinfDistConv2d", "MeanShift", "DEFAULT_CHUNK_ELEMENTS"]
 
 #: Upper bound on the elements of one ``(B, out_chunk, in)`` chunk (1 M floats = 4 MB: near the CPU caches; 16 M
 #: floats measured 7x slower at p = 8 for B=128, in=784, out=1024).
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
-
-logger = logging.getLogger(__name__)
 
 
 def _chunks(batch: int, out: int, inp: int, chunk_elements: int) -> tuple[range, int]:
@@ -132,117 +127,6 @@ class _PNormDistFunction(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
-def _max_abs_diff_block(x: torch.Tensor, weight: torch.Tensor, chunk_elements: int, with_index: bool):
-    """``max_i |x_bi - w_oi|`` ``(b, out)`` for rows ``x`` ``(b, in)``, and its first arg-max ``i`` (int64) or None.
-
-    The reduction runs over the *leading* dimension of ``(c, b, out)`` chunks of ``|x^T - w^T|`` (``c`` input
-    coordinates at a time), so that the max is a vectorised elementwise max of contiguous rows; the chunk buffer is
-    reused. With ``with_index`` the chunk holding the max is tracked (strict ``>``: the first among ties) and the
-    arg-max inside it is found afterwards by comparing its ``c`` candidates with the max: ``O(b * out * c)`` work.
-    """
-    batch, inp = x.shape
-    out = weight.shape[0]
-    step = max(1, min(inp, chunk_elements // max(1, batch * out)))
-    xt, wt = x.t().contiguous(), weight.t().contiguous()  # (in, b), (in, out)
-    buffer = x.new_empty(step, batch, out)
-    values = x.new_zeros(batch, out)  # |d| >= 0, so 0 is a neutral start
-    chunk = x.new_zeros(batch, out) if with_index else None  # chunk numbers, exact in floating point
-    better = x.new_empty(batch, out) if with_index else None  # 1.0 where a chunk beats the max so far
-    for k, s in enumerate(range(0, inp, step)):
-        e = min(inp, s + step)
-        diff = torch.sub(xt[s:e, :, None], wt[s:e, None, :], out=buffer[: e - s]).abs_()
-        top = diff.amax(dim=0)
-        if chunk is not None:  # chunk = k where better: arithmetic, as masked_fill_ / where are ~8x slower on CPU
-            chunk.addcmul_(torch.gt(top, values, out=better), torch.rsub(chunk, k))
-        torch.maximum(values, top, out=values)
-    if chunk is None:
-        return values, None
-    chunk = chunk.long()
-    index = chunk  # overwritten below: every (b, o) has a hit in its chunk
-    for j in reversed(range(step)):  # descending: the first hit in the chunk is written last
-        candidate = (chunk * step + j).clamp_max_(inp - 1)
-        hit = (x.gather(1, candidate) - weight.gather(1, candidate.t()).t()).abs_() == values
-        index = torch.where(hit, candidate, index)
-    return values, index
-
-
-def _max_abs_diff(x: torch.Tensor, weight: torch.Tensor, chunk_elements: int, with_index: bool):
-    """:func:`_max_abs_diff_block` over row blocks small enough that a chunk covers at least 8 input coordinates."""
-    batch, out = x.shape[0], weight.shape[0]
-    rows = max(1, min(batch, chunk_elements // (8 * out)))
-    if rows == batch:
-        return _max_abs_diff_block(x, weight, chunk_elements, with_index)
-    parts = [_max_abs_diff_block(x[r : r + rows], weight, chunk_elements, with_index) for r in range(0, batch, rows)]
-    values = torch.cat([v for v, _ in parts])
-    return values, (torch.cat([i for _, i in parts]) if with_index else None)
-
-
-class _NotCompiled(RuntimeError):
-    """Raised when dynamo runs :func:`_packed_max_abs_diff` eagerly (e.g. past its recompile limit)."""
-
-
-def _packed_max_abs_diff(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values ``(B, out)`` and first arg-max ``(B, out)`` int64 in one fused reduction (float32, compiled only).
-
-    The key ``bits(|d|) << 32 | (in - 1 - i)`` orders like ``|d|`` (non-negative floats order like their bits), ties
-    going to the smallest ``i``, so one int64 max gives both exactly. Inductor fuses it into a single loop; run
-    eagerly it would form ``(B, out, in)`` keys, hence the guard.
-    """
-    if not torch.compiler.is_compiling():
-        raise _NotCompiled
-    inp = x.shape[1]
-    bits = (x[:, None, :] - weight[None]).abs().view(torch.int32).to(torch.int64)
-    key = ((bits << 32) | torch.arange(inp - 1, -1, -1, device=x.device)).amax(dim=-1)
-    return (key >> 32).to(torch.int32).view(torch.float32), (inp - 1) - (key & 0xFFFFFFFF)
-
-
-def _build_kernel():
-    return torch.compile(_packed_max_abs_diff, dynamic=False)
-
-
-_KERNEL: dict = {}  # "kernel": the compiled function once built; "failed": the reason compiling is off for this process
-
-
-def _compiled_max_abs_diff(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`_packed_max_abs_diff` compiled, or ``None`` (float64, no working compiler, dynamo fell back)."""
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or "failed" in _KERNEL:
-        return None
-    try:
-        if "kernel" not in _KERNEL:
-            _KERNEL["kernel"] = _build_kernel()
-        return _KERNEL["kernel"](x, weight)
-    except _NotCompiled:
-        return None
-    except Exception as error:  # no C++ compiler, unsupported backend...: torch raises several types
-        _KERNEL["failed"] = repr(error)
-        logger.warning("torch.compile of the L-inf-dist kernel failed (%s); using the eager chunked kernel", error)
-        return None
-
-
-def _max_dist(x: torch.Tensor, weight: torch.Tensor, chunk_elements: int, with_index: bool, compiled: bool):
-    result = _compiled_max_abs_diff(x, weight) if compiled else None
-    return result if result is not None else _max_abs_diff(x, weight, chunk_elements, with_index)
-
-
-class _MaxDistFunction(torch.autograd.Function):
-    """``||x_b - w_o||_inf`` with a backward that routes each output's gradient to its (first) arg-max coordinate."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, chunk_elements: int, compiled: bool) -> torch.Tensor:
-        values, index = _max_dist(x, weight, chunk_elements, True, compiled)
-        ctx.save_for_backward(x, weight, index)
-        return values
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, weight, index = ctx.saved_tensors  # index (B, out): i* per example and neuron
-        signed = torch.sign(x.gather(1, index) - weight.gather(1, index.t()).t()).mul_(grad)  # (B, out)
-        grad_x = torch.zeros_like(x).scatter_add_(1, index, signed) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(weight).scatter_add_(1, index.t(), signed.t().neg()) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w, None, None
-
-
 def linf_dist(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -257,9 +141,9 @@ def linf_dist(
         weight: ``(out, in)``.
         p: the norm, ``>= 1`` (``math.inf`` for the L∞-dist neuron itself).
         chunk_elements: at most this many values are held in one chunk.
-        compiled: ``p = inf`` in float32 only: use a ``torch.compile``-d fused kernel (~2.5x faster on CPU; needs a
-            C++ compiler, first call per shape compiles for ~1-4 s). Falls back to the eager kernel, with a warning
-            once, when compiling fails.
+        compiled: ``p = inf`` in float32 only: use the ``torch.compile``-d fused kernel (~2.5x faster on CPU; needs a
+            C++ compiler; compiles for ~2-4 s once per input width, batch sizes never recompile). Falls back to the
+            eager kernel, with a warning once, when compiling fails (see :mod:`~mistered.certify.linf_dist_kernel`).
 
     For ``p = inf`` the values equal ``torch.cdist(x, weight, p=inf)`` bit for bit; the gradient goes to the first
     arg-max coordinate (``torch.cdist`` gives the full gradient to every tied coordinate, ``amax`` splits it: they
@@ -273,9 +157,7 @@ def linf_dist(
     if not p >= 1:
         raise InvalidInputError(f"the norm p must be >= 1, got {p}")
     if math.isinf(p):
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-            return _MaxDistFunction.apply(x, weight, int(chunk_elements), bool(compiled))
-        return _max_dist(x, weight, int(chunk_elements), False, compiled)[0]
+        return max_dist(x, weight, chunk_elements, compiled)
     return _PNormDistFunction.apply(x, weight, float(p), int(chunk_elements))
 
 
@@ -315,8 +197,10 @@ class LinfDistLinear(nn.Module):
         std: standard deviation of the Gaussian initial weights.
         chunk_elements: memory bound of one chunk (see :func:`linf_dist`).
 
-    The attribute ``p`` (default ``inf``) is the norm used; training schedules set it. Setting ``compiled = True``
-    opts into the compiled ``p = inf`` kernel (see :func:`linf_dist`).
+    The attribute ``p`` (default ``inf``) is the norm used; training schedules set it. The attribute ``compiled``
+    (default ``False``; a runtime choice, not part of the state dict) selects the compiled ``p = inf`` kernel (see
+    :func:`linf_dist`); :func:`~mistered.certify.linf_dist_nets.set_linf_dist_compiled` switches a whole model and
+    the CLI commands turn it on unless given ``--no-compile``.
     """
 
     def __init__(

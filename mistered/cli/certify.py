@@ -80,7 +80,9 @@ def _plot(cert, eps_list: list[float], path: Path, title: str) -> Path:
 
 
 def _run_fast(method: str, model_spec: str, data: str, n: int | None, eps: str, out: str | None, device: str | None,
-              batch_size: int, **_: object) -> None:
+              batch_size: int, compile_kernel: bool = False, **_: object) -> None:
+    from ..certify.linf_dist_kernel import compile_failure
+    from ..certify.linf_dist_nets import set_linf_dist_compiled
     from ..data import load_dataset
     from ..device import resolve_device
     from ..models import load_model
@@ -90,6 +92,8 @@ def _run_fast(method: str, model_spec: str, data: str, n: int | None, eps: str, 
     started = time.perf_counter()
     dev = resolve_device(device)
     model = load_model(model_spec, device=dev)
+    if method == "linf-dist":
+        set_linf_dist_compiled(model, compile_kernel)
     dataset = load_dataset(data, "test")
     dataset = dataset.subset(n) if n is not None else dataset
     setup = time.perf_counter() - started
@@ -111,6 +115,10 @@ def _run_fast(method: str, model_spec: str, data: str, n: int | None, eps: str, 
     out_dir = Path(out) if out is not None else default_out_dir(f"certify-{method}")
     settings = {"method": method, "model": model_spec, "data": data, "n": summary["n"], "eps": eps_list,
                 "batch_size": batch_size, "device": str(dev)}
+    if method == "linf-dist":
+        settings["compile"] = compile_kernel
+        if compile_kernel and compile_failure() is not None:
+            settings["compile_failure"] = compile_failure()
     timings = {"setup": setup, "certify": cert.seconds, "total": time.perf_counter() - started}
     record = make_record("certify", settings, dev, timings, summary, examples=cert.to_json(), norm=cert.norm)
     json_path = write_record(out_dir, record)
@@ -164,7 +172,11 @@ def _parse_eps(text: str) -> list[float]:
 @click.option("--batch-size", type=int, default=500, show_default=True, help="lmt/linf-dist: examples per batch.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: mistered-out/certify-<method>-<time>].")
 @click.option("--device", default=None, help="cpu, cuda or auto (default).")
-def certify(method, model_spec, data, eps, n, norm, time_limit, seed, batch_size, out, device) -> None:
+@click.option("--compile/--no-compile", "compile_kernel", default=False, show_default=True,
+              help="linf-dist: the compiled p = inf kernel of the L-inf-dist layers (same radii; pays ~2-4 s of "
+                   "compiling per layer width, so it wins only on large test sets; falls back to the eager kernel "
+                   "with a warning when no C++ compiler works).")
+def certify(method, model_spec, data, eps, n, norm, time_limit, seed, batch_size, out, device, compile_kernel) -> None:
     """Certify robustness: LMT (L2), L∞-dist nets (L∞) or GeoCert (exact)."""
     spec = METHODS[method]
     if n is not None and n < 1:
@@ -176,4 +188,5 @@ def certify(method, model_spec, data, eps, n, norm, time_limit, seed, batch_size
     if method == "geocert" and eps is not None:
         raise InvalidInputError("--eps applies to lmt and linf-dist; geocert reports each example's exact radius")
     spec.run(method=method, model_spec=model_spec or spec.model, data=data, n=n, eps=eps or spec.eps, out=out,
-             device=device, batch_size=batch_size, norm=norm or spec.norm, time_limit=time_limit, seed=seed)
+             device=device, batch_size=batch_size, norm=norm or spec.norm, time_limit=time_limit, seed=seed,
+             compile_kernel=compile_kernel)

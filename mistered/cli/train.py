@@ -55,9 +55,13 @@ __all__ = ["train"]
 @click.option("--eps", "dist_eps", type=float, default=None,
               help="L-inf-dist: the training radius of its hinge loss (of the interval bounds for the hybrid).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
+@click.option("--compile/--no-compile", "compile_kernel", default=True, show_default=True,
+              help="L-inf-dist layers: the compiled p = inf kernel (~2.5x faster on CPU, same results; falls back to "
+                   "the eager kernel with a warning when no C++ compiler works).")
 def train(threats, strategy, method, data, arch, epochs, batch_size, width, depth, lr, optimizer, weight_decay, shift, schedule, seed, device, out_dir,
-          resume, attack_steps, checkpoint_every, n_train, eval_n, eval_threat, lmt_c, pairwise, dist_eps, progress) -> None:
+          resume, attack_steps, checkpoint_every, n_train, eval_n, eval_threat, lmt_c, pairwise, dist_eps, progress, compile_kernel) -> None:
     """Train a model and write model.pt, checkpoints/, log.json, curves.png and results.json to --out."""
+    from ..certify.linf_dist_nets import set_linf_dist_compiled
     from ..data import load_dataset
     from ..errors import InvalidInputError
     from ..models import build_model
@@ -99,6 +103,7 @@ def train(threats, strategy, method, data, arch, epochs, batch_size, width, dept
         arch_kwargs = _arch_kwargs(arch, train_set, width=width, depth=depth)
         model = build_model(arch, **arch_kwargs)
         _check_fits(model, arch, train_set)
+        set_linf_dist_compiled(model, compile_kernel)  # a runtime choice: not in run_info, checkpoints or --resume checks
         generator = torch.Generator().manual_seed(seed)
         objective = build_objective(method, threats=parsed, strategy=strategy, attack_steps=attack_steps,
                                     generator=generator, **options)
