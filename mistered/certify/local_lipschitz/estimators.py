@@ -83,8 +83,10 @@ class EstimatorOptions:
             :func:`~mistered.certify.local_lipschitz.lipmip.solve_lipmip`). ``lp`` always relaxes the backward
             (LipMIP paper's) encoding, whose relaxation is the tighter of the two on wide inputs.
         bounds: pre-activation bounds behind the stable-neuron sets and big-M constants of ``lipmip`` and
-            ``lp``: ``"crown"`` (linear relaxation intersected with intervals; tighter, fewer binaries, faster) or
-            ``"interval"`` (IBP only). Both are valid, so the exact value does not depend on it.
+            ``lp``: ``"crown"`` (linear relaxation intersected with intervals; tighter, fewer binaries, faster),
+            ``"interval"`` (IBP only), ``"lp"`` (CROWN tightened by LP, tangent big-M too) or ``"auto"`` (``"lp"``
+            when CROWN leaves many unstable neurons, else ``"crown"``). All are valid, so the exact value does not
+            depend on it.
     """
 
     seed: int = 0
@@ -95,7 +97,7 @@ class EstimatorOptions:
     solver: str | None = None
     mip_gap: float = 1e-6
     formulation: str = "auto"
-    bounds: str = "crown"
+    bounds: str = "auto"
 
 
 _Estimator = Callable[[PiecewiseLinearNet, torch.Tensor, torch.Tensor, OutputDirections, str, EstimatorOptions], tuple]
