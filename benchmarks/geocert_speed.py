@@ -5,16 +5,18 @@ Run ``python benchmarks/geocert_speed.py [--digits 10] [--time-limit 120] [--qui
 bundled ``mnist-fc`` (784-20-20-10), and on the first correctly classified test digits of each (1s and 7s for the
 binary nets) times per example:
 
-* GeoCert in L∞ and in L2 (seeded, as ``certify_geocert`` does, by the closed-form boundary search; its time is
-  included);
+* GeoCert through the linear regions (``geocert-*``) and the branch and bound over ReLU splits (``branch-*``,
+  :func:`~mistered.certify.branch_distance.branch_and_bound_distance`), in L∞ and in L2, both seeded, as
+  ``certify_geocert`` does, by the closed-form boundary search (its time is included);
 * the MILP baseline in L∞ (SCIP through OR-Tools, cutting planes off, big-M from CROWN bounds over the seed's box),
   given the same seed as an upper bound (its time included).
 
 It prints and writes to the ``geocert_speed`` section of ``benchmarks/RESULTS.md`` the number solved exactly
-within the time limit, the median and maximum seconds (timeouts count as the limit), the median ratio
-GeoCert/MIP on examples both solved, and the largest disagreement between GeoCert's and the MIP's radii.
+within the time limit, the median and maximum seconds (timeouts count as the limit), the median regions (or nodes), the median ratio
+to the MIP's time on L∞ examples both solved, and the largest disagreement with the MIP's radii.
 ``--quick`` is 3 digits and a 30 s limit. ``--nets`` (substrings of the network names, e.g. ``mnist-fc 20-20-2``)
-and ``--methods`` (``geocert-linf geocert-l2 mip-linf``) run a part only, to iterate on one case; a partial run
+and ``--methods`` (``geocert-linf geocert-l2 branch-linf branch-l2 mip-linf``, and ``branch-l1``, not in the
+default run) run a part only, to iterate on one case; a partial run
 prints its table but leaves ``RESULTS.md`` alone.
 """
 
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import machine_description, update_section  # noqa: E402
 
 from mistered.certify.boundary_search import boundary_search  # noqa: E402
+from mistered.certify.branch_distance import branch_and_bound_distance  # noqa: E402
 from mistered.certify.geocert import geocert  # noqa: E402
 from mistered.certify.mindist_mip import mindist_mip  # noqa: E402
 from mistered.certify.plnet import PiecewiseLinearNet  # noqa: E402
@@ -65,20 +68,22 @@ def train_binary(hidden: tuple[int, ...], epochs: int = 15, seed: int = 0) -> nn
     return model.eval()
 
 
-METHODS = ("geocert-linf", "geocert-l2", "mip-linf")
+METHODS = ("geocert-linf", "geocert-l2", "branch-linf", "branch-l2", "mip-linf")
+EXTRA_METHODS = ("branch-l1",)  # run when asked with --methods
 
 
 def _bench(name: str, net: PiecewiseLinearNet, x: torch.Tensor, time_limit: float,
            methods: tuple[str, ...] = METHODS) -> dict:
     rows: dict[str, list] = {method: [] for method in methods}
     for xi in x:
-        for norm in ("linf", "l2"):
-            if f"geocert-{norm}" not in methods:
-                continue
-            start = time.perf_counter()
-            seed, _ = boundary_search(net, xi[None], norm)
-            res = geocert(net, xi, norm=norm, time_limit=time_limit, x_adv=seed[0])
-            rows[f"geocert-{norm}"].append((res.status, time.perf_counter() - start, res.upper, res.n_regions))
+        for method, solve in (("geocert", geocert), ("branch", branch_and_bound_distance)):
+            for norm in ("linf", "l2", "l1"):
+                if f"{method}-{norm}" not in methods:
+                    continue
+                start = time.perf_counter()
+                seed, _ = boundary_search(net, xi[None], norm)
+                res = solve(net, xi, norm=norm, time_limit=time_limit, x_adv=seed[0])
+                rows[f"{method}-{norm}"].append((res.status, time.perf_counter() - start, res.upper, res.n_regions))
         if "mip-linf" not in methods:
             print(name, {k: tuple(round(v, 4) if isinstance(v, float) else v for v in r[-1]) for k, r in rows.items()},
                   flush=True)
@@ -99,13 +104,14 @@ def _summary(name: str, rows: dict, time_limit: float) -> list[str]:
         solved = [r for r in results if r[0] == "exact"]
         seconds = [min(r[1], time_limit) if r[0] == "exact" else time_limit for r in results]
         ratio, gap = "", ""
-        if method == "geocert-linf" and mip:
+        if method.endswith("-linf") and method != "mip-linf" and mip:
             both = [(g[1], m[1]) for g, m in zip(results, mip) if g[0] == m[0] == "exact"]
             ratio = f"{statistics.median(g / m for g, m in both):.2f}" if both else "-"
             diffs = [abs(g[2] - m[2]) for g, m in zip(results, mip) if g[0] == m[0] == "exact"]
             gap = f"{max(diffs):.1e}" if diffs else "-"
+        nodes = statistics.median(r[3] for r in results) if method != "mip-linf" else "-"
         lines.append(f"| {name} | {method} | {len(solved)}/{len(results)} | {statistics.median(seconds):.2f} | "
-                     f"{max(seconds):.2f} | {ratio} | {gap} |")
+                     f"{max(seconds):.2f} | {nodes} | {ratio} | {gap} |")
     return lines
 
 
@@ -115,7 +121,8 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per example and method")
     parser.add_argument("--quick", action="store_true", help="3 digits, 30 s limit")
     parser.add_argument("--nets", nargs="+", default=None, help="run only networks whose name contains one of these")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="run only these methods")
+    parser.add_argument("--methods", nargs="+", choices=METHODS + EXTRA_METHODS,
+                        default=list(METHODS), help="run only these methods")
     args = parser.parse_args()
     if args.quick:
         args.digits, args.time_limit = 3, 30.0
@@ -127,8 +134,8 @@ def main() -> None:
         "784-20-20-2 (1 vs 7)": (lambda: train_binary((20, 20)), x_bin, y_bin),
         "784-10-50-10-2 (1 vs 7)": (lambda: train_binary((10, 50, 10)), x_bin, y_bin),
     }
-    table = ["| network | method | exact | median s | max s | GeoCert/MIP (median) | max radius gap |",
-             "|---|---|---|---|---|---|---|"]
+    table = ["| network | method | exact | median s | max s | median regions/nodes | method/MIP (median) | "
+             "max radius gap |", "|---|---|---|---|---|---|---|---|"]
     partial = args.nets is not None or tuple(args.methods) != METHODS
     nets = {name: value for name, value in nets.items() if args.nets is None or any(n in name for n in args.nets)}
     for name, (make_model, images, labels) in nets.items():
@@ -146,7 +153,7 @@ def main() -> None:
         f"{' --quick' if args.quick else ''} --digits {args.digits} --time-limit {args.time_limit:g}`.",
         f"First {args.digits} correctly classified test digits per network; time limit {args.time_limit:g} s per "
         "example and method (a timeout counts as the limit). Times include the closed-form boundary search that "
-        "seeds both GeoCert and the MIP. MIP: SCIP via OR-Tools (cuts off; big-M from CROWN bounds over the seed's "
+        "seeds every method. branch = branch and bound over ReLU splits with HiGHS relaxations (LP; QP in L2). MIP: SCIP via OR-Tools (cuts off; big-M from CROWN bounds over the seed's "
         "L∞ box; targets ruled out by those bounds skipped), L∞ only (L2 would need a MIQP).",
         "",
         *table,

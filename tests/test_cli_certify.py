@@ -45,3 +45,31 @@ def test_bad_options_fail_in_one_line(tmp_path, args):
     result = CliRunner().invoke(main, ["certify", "--method", "lmt", *args, "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.startswith("Error") and len(result.output.strip().splitlines()) == 1
+
+
+def test_geocert_searches_give_the_same_exact_radii_and_are_recorded(tmp_path):
+    records = {}
+    for search in ("auto", "branch"):
+        result = CliRunner().invoke(main, ["certify", "--method", "geocert", "--norm", "linf", "--n", "2",
+                                           "--search", search, "--out", str(tmp_path / search)])
+        assert result.exit_code == 0, result.output
+        records[search] = json.loads((tmp_path / search / "results.json").read_text())
+    assert records["auto"]["settings"]["search"] == "branch"  # auto picks branch and bound in L-inf
+    assert [e["status"] for e in records["branch"]["examples"]] == ["exact", "exact"]
+    assert [e["radius"] for e in records["auto"]["examples"]] == [e["radius"] for e in records["branch"]["examples"]]
+    assert (tmp_path / "branch" / "radii.png").stat().st_size > 0
+
+
+def test_geocert_auto_search_is_regions_in_l2(tmp_path):
+    result = CliRunner().invoke(main, ["certify", "--method", "geocert", "--norm", "l2", "--n", "1",
+                                       "--time-limit", "0.5", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["settings"]["search"] == "regions"
+    example = record["examples"][0]
+    assert example["status"] in ("exact", "timeout") and example["radius"] <= example["upper"]
+
+
+def test_unknown_geocert_search_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["certify", "--method", "geocert", "--search", "bfs", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "bfs" in result.output

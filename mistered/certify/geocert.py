@@ -47,16 +47,17 @@ from ..errors import InvalidInputError
 from .boundary_search import boundary_search
 from .certificate import Certificate
 from .halfspace import halfspace_projection, pair_excludes_box
-from .interval import interval_bounds
-from .linear_bounds import linear_bounds
+from .linear_bounds import search_region_bounds
 from .plnet import PiecewiseLinearNet
 from .projection import LinfProjector, polytope_distance
 
-__all__ = ["GeoCertResult", "geocert", "certify_geocert", "NORMS"]
+__all__ = ["GeoCertResult", "geocert", "certify_geocert", "start_search", "NORMS", "SEARCHES", "AUTO_SEARCH"]
 
 logger = logging.getLogger(__name__)
 NORMS = ("l1", "l2", "linf")
-_DUAL = {"l2": 2, "linf": 1, "l1": float("inf")}
+SEARCHES = ("auto", "regions", "branch")  # certify_geocert's exact searches
+#: ``search="auto"``: per norm, the search that solved more MNIST-sized examples in ``benchmarks/geocert_speed.py``
+AUTO_SEARCH = {"linf": "branch", "l1": "branch", "l2": "regions"}
 _SAFETY = 1e-9  # relative slack on closed-form bounds
 
 
@@ -101,6 +102,7 @@ class _Search:
         self.unstable = np.ones(sum(self.sizes), dtype=bool)
         self.stable_state = np.zeros(sum(self.sizes), dtype=bool)  # for stable ReLUs: True = always active
         self.box_radius = np.inf
+        self.bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.layer_start = np.repeat(ends - np.array(self.sizes), self.sizes)  # first ReLU of each ReLU's layer
         self._row_cache: dict[tuple[int, bool, bytes], float] = {}
         self._row_cache_radius = np.nan
@@ -112,22 +114,14 @@ class _Search:
         return np.maximum(self.lo, self.x0 - radius), np.minimum(self.hi, self.x0 + radius)
 
     def shrink(self, radius: float) -> None:
-        """Recompute the stable ReLUs over the search box (and, for L1/L2, the norm ball) of the given radius."""
-        if radius >= 0.9 * self.box_radius:
+        """Recompute the stable ReLUs over the search box (and, for L1/L2, the norm ball) of the given radius;
+        ``bounds`` keeps the pre-activation bounds of every layer (``[(l_i, u_i)]``, ``(1, n_i)``, logits last)."""
+        if self.bounds and radius >= 0.9 * self.box_radius:
             return
         self.box_radius = radius
-        lo, hi = (torch.as_tensor(v)[None] for v in self.box(radius))
-        bounds = linear_bounds(self.net, lo, hi)
-        if self.norm != "linf" and np.isfinite(radius):  # the first layer over the norm ball, exactly
-            w1 = self.net.weights[0]
-            centre = w1 @ torch.as_tensor(self.x0) + self.net.biases[0]
-            spread = radius * torch.linalg.vector_norm(w1, ord=_DUAL[self.norm], dim=1)
-            first = (torch.maximum(bounds[0][0], centre - spread), torch.minimum(bounds[0][1], centre + spread))
-            ball = [first]
-            if self.net.num_hidden > 1:
-                rest = PiecewiseLinearNet(self.net.weights[1:], self.net.biases[1:], (w1.shape[0],))
-                ball += interval_bounds(rest, first[0].clamp_min(0), first[1].clamp_min(0))
-            bounds = [(torch.maximum(l, bl), torch.minimum(u, bu)) for (l, u), (bl, bu) in zip(bounds, ball)]
+        lo, hi = (torch.as_tensor(v) for v in self.box(radius))
+        bounds = search_region_bounds(self.net, torch.as_tensor(self.x0), self.norm, lo, hi, radius)
+        self.bounds = bounds
         l_all = torch.cat([l[0] for l, _ in bounds[:-1]]).numpy()
         u_all = torch.cat([u[0] for _, u in bounds[:-1]]).numpy()
         self.stable_state |= self.unstable & (l_all >= 0)
@@ -213,6 +207,34 @@ class _Search:
         return polytope_distance(self.norm, a, b, self.x0, lo, hi)
 
 
+def start_search(
+    net: PiecewiseLinearNet,
+    x: torch.Tensor,
+    norm: str,
+    upper_bound: float | None,
+    x_adv: torch.Tensor | None,
+    domain: tuple[float, float],
+) -> tuple[PiecewiseLinearNet, np.ndarray, int, float, np.ndarray | None]:
+    """The common start of an exact distance search: validates ``norm`` and ``x`` (inside ``domain``) and returns
+    the float64 net, ``x0`` ``(d,)``, its class ``c``, and the seed: the best upper bound (``upper_bound``, or the
+    distance of ``x_adv`` if that is misclassified, in the domain and nearer) with its point (or ``None``)."""
+    if norm not in NORMS:
+        raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
+    net = net.to(torch.float64)
+    x0 = net.flatten_input(x.reshape(1, -1))[0].cpu().numpy()
+    if (x0 < domain[0]).any() or (x0 > domain[1]).any():
+        raise InvalidInputError(f"x must lie in the domain {domain}, got values in [{x0.min():.4g}, {x0.max():.4g}]")
+    c = int(net(torch.as_tensor(x0)[None])[0].argmax())
+    best, best_x = (np.inf if upper_bound is None else float(upper_bound)), None
+    if x_adv is not None:
+        xa = net.flatten_input(x_adv.reshape(1, -1))[0].cpu().numpy()
+        if int(net(torch.as_tensor(xa)[None])[0].argmax()) != c and (xa >= domain[0]).all() and (xa <= domain[1]).all():
+            dist = float(np.linalg.norm(xa - x0, ord={"l1": 1, "l2": 2, "linf": np.inf}[norm]))
+            if dist < best:
+                best, best_x = dist, xa
+    return net, x0, c, best, best_x
+
+
 def geocert(
     net: PiecewiseLinearNet,
     x: torch.Tensor,
@@ -239,25 +261,9 @@ def geocert(
     Returns:
         :class:`GeoCertResult`.
     """
-    if norm not in NORMS:
-        raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
     start = time.perf_counter()
-    net = net.to(torch.float64)
-    x0 = net.flatten_input(x.reshape(1, -1))[0].cpu().numpy()
-    if (x0 < domain[0]).any() or (x0 > domain[1]).any():
-        raise InvalidInputError(f"x must lie in the domain {domain}, got values in [{x0.min():.4g}, {x0.max():.4g}]")
+    net, x0, c, best, best_x = start_search(net, x, norm, upper_bound, x_adv, domain)
     search = _Search(net, x0, norm, domain)
-    logits = net(torch.as_tensor(x0)[None])[0]
-    c = int(logits.argmax())
-    best, best_x = np.inf, None
-    if upper_bound is not None:
-        best = float(upper_bound)
-    if x_adv is not None:
-        xa = net.flatten_input(x_adv.reshape(1, -1))[0].cpu().numpy()
-        if int(net(torch.as_tensor(xa)[None])[0].argmax()) != c and (xa >= domain[0]).all() and (xa <= domain[1]).all():
-            dist = float(np.linalg.norm(xa - x0, ord={"l1": 1, "l2": 2, "linf": np.inf}[norm]))
-            if dist < best:
-                best, best_x = dist, xa
     eps = np.inf if decision_eps is None else float(decision_eps)
 
     def limit() -> float:  # nothing at or beyond this distance matters (decision mode: nothing beyond eps)
@@ -342,6 +348,7 @@ def certify_geocert(
     time_limit: float | None = None,
     x_adv: torch.Tensor | None = None,
     seed_search: bool = True,
+    search: str = "auto",
 ) -> Certificate:
     """GeoCert on a batch: ``x`` ``(B, *input_shape)`` in [0, 1], labels ``y`` ``(B,)``; ``time_limit`` per example.
 
@@ -350,9 +357,21 @@ def certify_geocert(
     ``x_adv`` ``(B, *input_shape)`` (e.g. an attack's output) and, if ``seed_search``, the points found by
     :func:`~mistered.certify.boundary_search.boundary_search` (all examples at once). ``details`` holds
     per-example regions, solves, seconds and the seed distance.
+
+    ``search``: ``"regions"`` (:func:`geocert`, through the linear regions), ``"branch"`` (the same exact
+    distance by branch and bound over ReLU splits, :func:`~mistered.certify.branch_distance.
+    branch_and_bound_distance`; far fewer solves on MNIST-sized nets; ``n_regions`` then counts its nodes) or
+    ``"auto"`` (:data:`AUTO_SEARCH`: branch and bound in L∞ and L1, regions in L2, where each is the faster on
+    MNIST-sized nets).
     """
     if norm not in NORMS:
         raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
+    if search not in SEARCHES:
+        raise InvalidInputError(f"search must be one of {SEARCHES}, got {search!r}")
+    from .branch_distance import branch_and_bound_distance  # here: that module builds on this one
+
+    search = AUTO_SEARCH[norm] if search == "auto" else search
+    solve = geocert if search == "regions" else branch_and_bound_distance
     start = time.perf_counter()
     net = model if isinstance(model, PiecewiseLinearNet) else PiecewiseLinearNet.from_module(model, tuple(x.shape[1:]))
     net = net.to(torch.float64)
@@ -372,8 +391,8 @@ def certify_geocert(
             radius.append(0.0), upper.append(0.0), status.append("misclassified")
             regions, solves, seconds = 0, 0, 0.0
         else:
-            result = geocert(net, flat[i].cpu(), norm=norm, time_limit=time_limit,
-                             x_adv=None if seeds[i] is None else seeds[i].cpu())
+            result = solve(net, flat[i].cpu(), norm=norm, time_limit=time_limit,
+                           x_adv=None if seeds[i] is None else seeds[i].cpu())
             radius.append(result.lower), upper.append(result.upper), status.append(result.status)
             regions, solves, seconds = result.n_regions, result.n_lp_solves, result.seconds
         details["n_regions"].append(regions)

@@ -7,18 +7,25 @@ linear function of the input is maximised in closed form over the box. The bound
 interval bounds, so they are never looser; much tighter from the second hidden layer on, which shrinks the
 big-M constants of the MIP and fixes more ReLUs as stable for GeoCert.
 
+For the exact distance searches (GeoCert, branch and bound), :func:`search_region_bounds` intersects these with
+bounds over the L1/L2 ball of the current radius (first layer exact, then interval propagation).
+
 Example:
     >>> bounds = linear_bounds(net, lower, upper)   # lower/upper (B, d) -> [(l_1, u_1), ..., (l_L, u_L)]
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .interval import interval_bounds
 from .plnet import PiecewiseLinearNet
 
-__all__ = ["linear_bounds"]
+__all__ = ["linear_bounds", "search_region_bounds"]
+
+_DUAL = {"l2": 2, "linf": 1, "l1": float("inf")}  # the dual norm of each distance
 
 
 def linear_bounds(
@@ -49,3 +56,27 @@ def linear_bounds(
         l_box, u_box = boxes[k]
         bounds.append((torch.maximum(-top[:, m:], l_box), torch.minimum(top[:, :m], u_box)))
     return bounds
+
+
+def search_region_bounds(
+    net: PiecewiseLinearNet, x0: torch.Tensor, norm: str, lower: torch.Tensor, upper: torch.Tensor, radius: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Sound pre-activation bounds over the box ``[lower, upper]`` intersected with the ``norm`` ball of ``radius``
+    around ``x0`` (all ``(d,)``, input units): CROWN over the box, and for "l1"/"l2" with a finite radius also the
+    first layer exactly over the ball (``W x0 + b ± radius |W_k|_dual``) then interval propagation, intersected.
+
+    Returns:
+        ``[(l_1, u_1), ..., (l_L, u_L)]``, ``(1, n_i)`` each, logits last (as :func:`linear_bounds`).
+    """
+    bounds = linear_bounds(net, lower[None], upper[None])
+    if norm == "linf" or not math.isfinite(radius):
+        return bounds
+    w1 = net.weights[0]
+    centre = w1 @ x0 + net.biases[0]
+    spread = radius * torch.linalg.vector_norm(w1, ord=_DUAL[norm], dim=1)
+    first = (torch.maximum(bounds[0][0], centre - spread), torch.minimum(bounds[0][1], centre + spread))
+    ball = [first]
+    if net.num_hidden > 0:
+        rest = PiecewiseLinearNet(net.weights[1:], net.biases[1:], (w1.shape[0],))
+        ball += interval_bounds(rest, first[0].clamp_min(0), first[1].clamp_min(0))
+    return [(torch.maximum(l, bl), torch.minimum(u, bu)) for (l, u), (bl, bu) in zip(bounds, ball)]

@@ -33,10 +33,10 @@ from ..errors import InvalidInputError, MisteredError
 from .boundary_search import local_logit_forms
 from .halfspace import halfspace_projection
 from .linear_bounds import linear_bounds
-from .local_lipschitz.lipmip import _SCIP_PARAMETERS
+from .local_lipschitz.milp import SCIP_PARAMETERS
 from .plnet import PiecewiseLinearNet
 
-__all__ = ["MipDistanceResult", "mindist_mip", "MIP_SOLVERS"]
+__all__ = ["MipDistanceResult", "mindist_mip", "margin_net", "MIP_SOLVERS"]
 
 MIP_SOLVERS = ("scip", "highs")
 _TRIAL = 0.85  # L1 trial radius, as a fraction of the best distance so far
@@ -82,9 +82,7 @@ def mindist_mip(
     x0 = net.flatten_input(x.reshape(1, -1))[0].cpu().numpy()
     logits = net(torch.as_tensor(x0)[None])[0].numpy()
     c = int(logits.argmax())
-    # the same net with margins f_k - f_c as outputs: its output bounds rule targets out before any MILP
-    margins = PiecewiseLinearNet(net.weights[:-1] + [net.weights[-1] - net.weights[-1][c]],
-                                 net.biases[:-1] + [net.biases[-1] - net.biases[-1][c]], net.input_shape)
+    margins = margin_net(net, c)  # its output bounds rule targets out before any MILP
     ws = [w.cpu().numpy() for w in margins.weights]
     bs = [b.cpu().numpy() for b in margins.biases]
     best = np.inf if upper_bound is None else float(upper_bound)
@@ -121,6 +119,13 @@ def mindist_mip(
     adv = None if best_x is None else torch.as_tensor(best_x).reshape(net.input_shape)
     return MipDistanceResult(float(min(lower, best)), float(best), "timeout" if timed_out else "exact", adv, c,
                              seconds)
+
+
+def margin_net(net: PiecewiseLinearNet, c: int) -> PiecewiseLinearNet:
+    """The same network with the margins ``f_k - f_c`` ``(B, K)`` as outputs (row ``c`` is zero): a target ``k``
+    is reachable only where its margin is >= 0, so output bounds of this net rule targets out."""
+    return PiecewiseLinearNet(net.weights[:-1] + [net.weights[-1] - net.weights[-1][c]],
+                              net.biases[:-1] + [net.biases[-1] - net.biases[-1][c]], net.input_shape)
 
 
 def _target_order(net: PiecewiseLinearNet, x0: np.ndarray, c: int, norm: str, domain) -> list[int]:
@@ -248,7 +253,7 @@ def _solve_scip(cost, integer, lb, ub, a_mat, row_lo, row_hi, time_limit) -> tup
     solver = mb.Solver("scip")
     if not solver.solver_is_supported():
         raise MisteredError("this OR-Tools build has no SCIP; use solver='highs'")
-    solver.set_solver_specific_parameters(_SCIP_PARAMETERS + "limits/gap = 1e-9\n")
+    solver.set_solver_specific_parameters(SCIP_PARAMETERS + "limits/gap = 1e-9\n")
     if time_limit is not None:
         solver.set_time_limit_in_seconds(max(float(time_limit), 1e-3))
     status = solver.solve(model)

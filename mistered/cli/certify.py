@@ -127,12 +127,14 @@ def _run_fast(method: str, model_spec: str, data: str, n: int | None, eps: str, 
 
 
 def _run_geocert(method: str, model_spec: str, data: str, n: int | None, eps: str, out: str | None, device: str | None,
-                 norm: str, time_limit: float, seed: int, **_: object) -> None:
+                 norm: str, time_limit: float, seed: int, search: str, **_: object) -> None:
     from .certify_geocert import run_geocert
 
-    record, out_dir = run_geocert(model_spec, data, 3 if n is None else n, norm, time_limit, out, device, seed)
-    table = Table(title=f"GeoCert ({norm})")
-    for column in ("#", "label", "pred", "status", "radius", "upper", "regions", "seconds"):
+    record, out_dir = run_geocert(model_spec, data, 3 if n is None else n, norm, time_limit, out, device, seed,
+                                  search)
+    table = Table(title=f"GeoCert ({norm}, {record['settings']['search']} search)")
+    searched = "regions" if record["settings"]["search"] == "regions" else "nodes"
+    for column in ("#", "label", "pred", "status", "radius", "upper", searched, "seconds"):
         table.add_column(column)
     for i, row in enumerate(record["examples"]):
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
@@ -168,6 +170,9 @@ def _parse_eps(text: str) -> list[float]:
 @click.option("--n", type=int, default=None, help="Number of test images [default: all for lmt/linf-dist, 3 for geocert].")
 @click.option("--norm", type=click.Choice(["l1", "l2", "linf"]), default=None, help="geocert: norm [l2]; lmt is l2, linf-dist linf.")
 @click.option("--time-limit", type=float, default=20.0, show_default=True, help="geocert: seconds per example.")
+@click.option("--search", type=click.Choice(["auto", "regions", "branch"]), default="auto", show_default=True,
+              help="geocert: through the linear regions, or branch and bound over ReLU splits (same exact radius); "
+                   "auto = branch in linf/l1, regions in l2 (the faster on MNIST-sized nets).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=500, show_default=True, help="lmt/linf-dist: examples per batch.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: mistered-out/certify-<method>-<time>].")
@@ -176,7 +181,8 @@ def _parse_eps(text: str) -> list[float]:
               help="linf-dist: the compiled p = inf kernel of the L-inf-dist layers (same radii; pays ~2-4 s of "
                    "compiling per layer width, so it wins only on large test sets; falls back to the eager kernel "
                    "with a warning when no C++ compiler works).")
-def certify(method, model_spec, data, eps, n, norm, time_limit, seed, batch_size, out, device, compile_kernel) -> None:
+def certify(method, model_spec, data, eps, n, norm, time_limit, search, seed, batch_size, out, device,
+            compile_kernel) -> None:
     """Certify robustness: LMT (L2), L∞-dist nets (L∞) or GeoCert (exact)."""
     spec = METHODS[method]
     if n is not None and n < 1:
@@ -189,4 +195,4 @@ def certify(method, model_spec, data, eps, n, norm, time_limit, seed, batch_size
         raise InvalidInputError("--eps applies to lmt and linf-dist; geocert reports each example's exact radius")
     spec.run(method=method, model_spec=model_spec or spec.model, data=data, n=n, eps=eps or spec.eps, out=out,
              device=device, batch_size=batch_size, norm=norm or spec.norm, time_limit=time_limit, seed=seed,
-             compile_kernel=compile_kernel)
+             search=search, compile_kernel=compile_kernel)

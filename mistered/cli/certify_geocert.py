@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..certify.geocert import NORMS, certify_geocert
+from ..certify.geocert import AUTO_SEARCH, NORMS, SEARCHES, certify_geocert
 from ..device import resolve_device
 from ..errors import InvalidInputError
 from ..results import default_out_dir, make_record, write_record
@@ -25,16 +25,20 @@ def run_geocert(
     out: str | Path | None = None,
     device: str | None = None,
     seed: int = 0,
+    search: str = "auto",
 ) -> tuple[dict, Path]:
     """Certify the first ``n`` test images of ``data`` with GeoCert; returns the record and the output folder.
 
-    ``seed`` is recorded only (GeoCert is deterministic). ``time_limit`` is per example, in seconds.
+    ``seed`` is recorded only (GeoCert is deterministic). ``time_limit`` is per example, in seconds. ``search``:
+    "regions", "branch" or "auto" (see :func:`~mistered.certify.geocert.certify_geocert`).
     """
     from ..data import load_dataset
     from ..models import load_model
 
     if norm not in NORMS:
         raise InvalidInputError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if search not in SEARCHES:
+        raise InvalidInputError(f"--search must be one of {', '.join(SEARCHES)}, got {search!r}")
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
     if not time_limit > 0:
@@ -43,7 +47,9 @@ def run_geocert(
     model = load_model(model_spec or "mnist-fc", device=dev)
     images = load_dataset(data, split="test").subset(n)
     start = time.perf_counter()
-    cert = certify_geocert(model, images.images.to(dev), images.labels, norm=norm, time_limit=time_limit)
+    search = AUTO_SEARCH[norm] if search == "auto" else search
+    cert = certify_geocert(model, images.images.to(dev), images.labels, norm=norm, time_limit=time_limit,
+                           search=search)
     out_dir = Path(out) if out is not None else default_out_dir("certify-geocert")
     examples = cert.to_json()
     stats = (cert.details[k] for k in ("n_regions", "n_lp_solves", "seconds", "seed_distance"))
@@ -62,7 +68,7 @@ def run_geocert(
         "median_seconds": float(torch.tensor(cert.details["seconds"]).median()),
     }
     settings = {"method": "geocert", "model": model_spec or "mnist-fc", "data": data, "n": n, "norm": norm,
-                "time_limit": time_limit, "seed": seed}
+                "time_limit": time_limit, "seed": seed, "search": search}
     record = make_record("certify", settings, dev, {"total": time.perf_counter() - start}, summary, examples)
     write_record(out_dir, record)
     _histogram([r["radius"] for r in examples if r["radius"] is not None], norm, out_dir / "radii.png")

@@ -56,7 +56,6 @@ from ..lp_bounds import lp_bounds
 from ..plnet import PiecewiseLinearNet
 from .directions import DUAL_NORMS, OutputDirections
 from .jacobian import backward_bounds, fastlip_bound
-from .milp import SCIP_PARAMETERS as _SCIP_PARAMETERS  # noqa: F401  (re-exported for mindist_mip)
 from .milp import MipModel, forward_relus, gate
 from .tangent import tangent_bounds, tangent_objective
 

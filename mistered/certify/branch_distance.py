@@ -1,0 +1,184 @@
+"""Exact minimal adversarial distance (L1, L2, L∞) by branch and bound over ReLU splits.
+
+Why not regions: GeoCert (:mod:`mistered.certify.geocert`) grows a ball through the linear regions. In 784
+dimensions an L∞ (or L2) ball of the answer's radius crosses nearly every first-layer hyperplane, so the number of
+regions it must visit grows exponentially with the unstable ReLUs: hundreds to thousands of regions (one LP or QP
+each) on a 784-20-20-2 net. Branch and bound instead splits the whole search space on one ReLU at a time and bounds
+each part with a convex relaxation: most parts are pruned without ever enumerating their regions.
+
+The search, best-first over nodes (a node = some ReLUs fixed active or inactive, and a target class ``j``):
+
+* the search box is the domain intersected with the L∞ ball of radius = the best upper bound (seeded by
+  ``upper_bound``/``x_adv``); pre-activation bounds come from CROWN over the box and, for L1/L2, the norm ball
+  (:func:`~mistered.certify.linear_bounds.search_region_bounds`, shared with GeoCert), recomputed when the upper
+  bound shrinks by 10 %; ReLUs they prove stable are fixed;
+* one root per target ``j != c`` that the bounds on the margin ``f_j - f_c`` do not rule out, all in one queue;
+* a node's bound is the optimum of its triangle relaxation (:class:`~mistered.certify.relaxation_model.
+  TriangleRelaxation`: an LP for L1/L∞, a QP with Hessian ``2 I`` for L2, solved by HiGHS from the last basis):
+  a lower bound on the distance of every adversarial point of the node; nodes at or beyond the upper bound are
+  pruned. In L2 on large inputs (>= 100) each node is first screened by a cheap LP over the hidden units with
+  cuts on the first layer's distance function (valid, not always tight; ~10x cheaper than the 784-D QP, whose
+  active set must free most pixels); the QP is solved only for nodes the screen does not prune;
+* upper bounds: at every node, the exact projection (:mod:`mistered.certify.projection`, as GeoCert) onto the
+  linear region of the network's true activation pattern at the relaxation's optimum, intersected with
+  ``f_j >= f_c``: an adversarial point at an exactly known distance. A node whose bound that point attains is
+  closed;
+* otherwise the node is split on the free unstable ReLU whose relaxation is most violated at the optimum
+  (``z - relu(ẑ)``, ties to earlier layers).
+
+Exactness: every pruning rule compares a valid lower bound with a distance actually attained, the children of a
+node partition it, and a node with every unstable ReLU fixed is a single region, where the relaxation is exact.
+When the queue holds nothing below the best distance found, that distance is the minimum. Float64 throughout;
+relaxation bounds are taken ``1e-9`` (relative) low against solver tolerances.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+
+import numpy as np
+import torch
+
+from .geocert import GeoCertResult, _Search, start_search
+from .mindist_mip import margin_net
+from .plnet import PiecewiseLinearNet
+from .relaxation_model import TriangleRelaxation
+
+__all__ = ["branch_and_bound_distance"]
+
+logger = logging.getLogger(__name__)
+_SAFETY = 1e-9  # relative slack on relaxation bounds (solver tolerances)
+_CUTS_FROM = 100  # L2 inputs of this size or more screen nodes with the cut relaxation before the QP
+
+
+def branch_and_bound_distance(
+    net: PiecewiseLinearNet,
+    x: torch.Tensor,
+    norm: str = "l2",
+    time_limit: float | None = None,
+    decision_eps: float | None = None,
+    upper_bound: float | None = None,
+    x_adv: torch.Tensor | None = None,
+    domain: tuple[float, float] = (0.0, 1.0),
+) -> GeoCertResult:
+    """Exact minimal adversarial distance of one input ``x`` (``input_shape`` or flat ``(d,)``) in ``norm``.
+
+    The same contract as :func:`~mistered.certify.geocert.geocert` (see the module docstring for the algorithm).
+
+    Args:
+        net: the network in piecewise-linear form (cast to float64 internally).
+        x: one input inside ``domain``; its predicted class ``c`` is the one to keep.
+        norm: "l1", "l2" or "linf" (input units).
+        time_limit: seconds; when reached, returns the current bounds with status ``timeout``.
+        decision_eps: decision mode: stop as soon as an adversarial point within ``eps`` is found (``attacked``)
+            or the lower bound reaches ``eps`` (``certified``).
+        upper_bound: a known upper bound on the distance (e.g. from an attack) to prune with.
+        x_adv: a known adversarial input; its distance seeds the upper bound.
+        domain: the input box ``(lo, hi)`` the adversary must stay in.
+
+    Returns:
+        :class:`~mistered.certify.geocert.GeoCertResult` with ``n_regions`` = nodes processed and
+        ``n_lp_solves`` = relaxation solves plus exact projections; ``x_adv`` is at distance ``upper``.
+    """
+    start = time.perf_counter()
+    net, x0, c, best, best_x = start_search(net, x, norm, upper_bound, x_adv, domain)
+    eps = np.inf if decision_eps is None else float(decision_eps)
+    search = _Search(margin_net(net, c), x0, norm, domain)  # outputs f_j - f_c: the targets' margins
+
+    def limit() -> float:  # nothing at or beyond this distance matters (decision mode: nothing beyond eps)
+        return min(best, np.nextafter(eps, np.inf))
+
+    search.shrink(limit())
+    n_hidden = int(sum(search.sizes))
+    reachable = search.bounds[-1][1][0].numpy() >= 0
+    heap = [(0.0, j, j, np.zeros(n_hidden, np.int8)) for j in range(len(reachable)) if j != c and reachable[j]]
+    heapq.heapify(heap)
+    counter, n_nodes, n_relaxations, status = len(reachable), 0, 0, None
+    relax, screen, relax_radius = None, None, np.nan
+    use_cuts = norm == "l2" and x0.shape[0] >= _CUTS_FROM and n_hidden > 0
+    projected: dict[tuple[int, bytes], float] = {}  # (target, pattern) -> distance of its exact projection
+    while heap and heap[0][0] < limit():
+        if time_limit is not None and time.perf_counter() - start > time_limit:
+            status = "timeout"
+            break
+        key, _, j, splits = heapq.heappop(heap)
+        if float(search.bounds[-1][1][0, j]) < 0:  # bounds tightened since: target j is out of reach
+            continue
+        if relax_radius != search.box_radius:
+            relax, relax_radius = _relaxation(search, x0, norm, c), search.box_radius
+            screen = _relaxation(search, x0, norm, c, l2_cuts=True) if use_cuts else None
+        if relax.contradicts(splits):
+            continue
+        n_nodes += 1
+        if screen is not None:  # L2 on large inputs: the cheap cut bound first, the exact QP only if it fails
+            screen.set_node(splits, j)
+            n_relaxations += 1
+            cut = screen.solve(limit())
+            if cut is None or (not isinstance(cut, str) and max(key, cut.bound * (1 - _SAFETY)) >= limit()):
+                continue
+        relax.set_node(splits, j)
+        n_relaxations += 1
+        sol = relax.solve()
+        if sol is None:
+            continue
+        bound = key if isinstance(sol, str) else max(key, sol.bound * (1 - _SAFETY))
+        if bound >= limit():
+            continue
+        if not isinstance(sol, str):
+            tag = (j, _pattern(search, x0 + sol.delta, domain).tobytes())
+            if tag not in projected:
+                point = _project(search, tag, limit())
+                projected[tag] = np.inf if point is None else point[1]
+                if point is not None and point[1] < best:
+                    best, best_x = point[1], point[0]
+                    search.shrink(limit())
+            if projected[tag] <= sol.bound * (1 + _SAFETY):
+                continue  # the node's bound is attained: nothing in it is nearer
+        if decision_eps is not None and best <= eps:
+            break
+        free = relax.unstable & (splits == 0)
+        if bound >= limit() or not free.any():
+            continue  # (no free ReLU: one region, where the relaxation is exact and was just projected)
+        score = np.zeros(n_hidden) if isinstance(sol, str) else sol.violation
+        k = int(np.flatnonzero(free)[np.argmax(score[free])])
+        for side in (1, -1):
+            child = splits.copy()
+            child[k] = side
+            heapq.heappush(heap, (bound, counter, j, child))
+            counter += 1
+    lower = min(heap[0][0], best) if heap else best
+    if status is None:
+        if decision_eps is not None:
+            status = "attacked" if best <= eps else "certified"
+        else:
+            status, lower = "exact", best
+    seconds = time.perf_counter() - start
+    logger.debug("branch and bound %s: [%g, %g] %s, %d nodes, %d relaxations, %d projections, %.3fs", norm, lower,
+                 best, status, n_nodes, n_relaxations, search.n_solves, seconds)
+    adv = None if best_x is None else torch.as_tensor(best_x).reshape(net.input_shape)
+    return GeoCertResult(float(lower), float(best), status, adv, c, norm, n_nodes, n_relaxations + search.n_solves,
+                         seconds, {"n_projections": search.n_solves, "n_relaxations": n_relaxations})
+
+
+def _relaxation(search: _Search, x0: np.ndarray, norm: str, c: int, l2_cuts: bool = False) -> TriangleRelaxation:
+    """The relaxation over the search's current box and pre-activation bounds."""
+    lower = np.concatenate([low[0].numpy() for low, _ in search.bounds[:-1]] or [np.zeros(0)])
+    upper = np.concatenate([up[0].numpy() for _, up in search.bounds[:-1]] or [np.zeros(0)])
+    lo, hi = search.box(search.box_radius)
+    return TriangleRelaxation(search.ws, search.bs, x0, norm, lo, hi, lower, upper, c, l2_cuts)
+
+
+def _pattern(search: _Search, x: np.ndarray, domain: tuple[float, float]) -> np.ndarray:
+    """``(N,)`` bool: the network's activation pattern at ``x`` (clipped to the domain)."""
+    point = torch.as_tensor(np.clip(x, domain[0], domain[1]))[None]
+    pre = search.net.pre_activations(point)[:-1]
+    return np.concatenate([(z[0] > 0).numpy() for z in pre] or [np.zeros(0, bool)])
+
+
+def _project(search: _Search, tag: tuple[int, bytes], radius: float) -> tuple[np.ndarray, float] | None:
+    """Exact nearest point of the region of pattern ``tag[1]`` where target ``tag[0]`` wins (margin >= 0)."""
+    j, pattern = tag[0], np.frombuffer(tag[1], dtype=bool)
+    a, b, _, margin_mat, margin_off = search.region(pattern)
+    return search.solve(np.vstack([a, -margin_mat[j][None]]), np.append(b, margin_off[j]), radius)

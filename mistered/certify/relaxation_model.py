@@ -1,0 +1,323 @@
+"""The triangle relaxation of "a point of class ``j`` near ``x0``" as one persistent HiGHS model, re-solved per node.
+
+Variables, in the displacement ``δ = x - x0`` (input units, ``(d,)``):
+
+* ``δ`` inside the search box ``[lo - x0, hi - x0]``, and the norm's auxiliaries: L∞ ``t`` with
+  ``-t <= δ_i <= t`` (rows), L1 ``s`` with ``s_i >= ±δ_i`` (rows), L2 none (Hessian ``2 I`` on ``δ``);
+  the objective is ``t``, ``Σ s`` or ``|δ|²``;
+* every hidden ReLU's pre-activation ``ẑ`` in its bounds ``[l, u]``, with the row ``ẑ = W h_prev + b``, where the
+  previous layer's outputs ``h_prev`` are ``δ`` (offset ``W x0``), ``ẑ`` itself for a stable active ReLU
+  (``l >= 0``), a post-activation column ``z`` for an unstable one (``l < 0 < u``), and nothing for a stable
+  inactive one;
+* for every unstable ReLU the triangle: ``z >= 0`` (bound), ``z - ẑ >= 0`` and ``z <= u (ẑ - l) / (u - l)``;
+* one margin row ``f_j - f_c >= 0`` per class ``j != c``, all but the current target's switched off (free bounds).
+
+With ``l2_cuts`` (L2 only) ``δ`` is left out: a column ``s`` bounds ``|δ|²`` from below through cuts on the first
+layer's pre-activations (:class:`_L2Cuts`), an LP over the hidden units only; the bound is valid but exact only
+where the cuts have converged (a few rounds per node, the pool shared by all nodes).
+
+A node of the branch and bound is a vector of ReLU splits (``+1`` active, ``-1`` inactive, ``0`` free) and a target:
+a split only changes bounds (active: ``ẑ >= 0`` and ``z - ẑ <= 0``, so ``z = ẑ``; inactive: ``z = 0`` and
+``ẑ <= 0``), so moving between nodes resets the bounds that differ and re-solves from the previous basis (dual
+simplex for L1/L∞; HiGHS' active-set QP for L2, exact). Presolve is off so that the basis survives between solves.
+
+Example:
+    >>> relax = TriangleRelaxation(ws, bs, x0, "l2", lo, hi, lower, upper, c)
+    >>> relax.set_node(np.zeros(relax.n_hidden, np.int8), j)
+    >>> outcome = relax.solve()   # None when the node is infeasible
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import MisteredError
+
+try:  # HiGHS as bundled by scipy (see mistered.certify.projection)
+    from scipy.optimize._highspy import _core as _highs
+except ImportError:  # pragma: no cover - depends on the scipy build
+    _highs = None
+
+__all__ = ["TriangleRelaxation", "RelaxationSolution", "native_stdout_silenced"]
+
+_QP_ITERATIONS = 5000  # the active-set QP solver can cycle from a warm start: a stalled solve is retried cold
+_MAX_CUTS = 10  # L2: cutting-plane rounds per node
+_CUT_GAIN = 1e-9  # L2: a cut is added only if it raises the bound by more than this (relative)
+_DUAL_TOLERANCE = 1e-9  # a dual slack could raise a node's bound above the truth: kept tight
+
+
+@dataclass
+class RelaxationSolution:
+    """One node's relaxation optimum: ``bound`` (the distance ``t``, ``Σ s`` or ``|δ|``, a lower bound on the
+    distance of every point of the node), ``delta`` ``(d,)`` the optimal displacement and, per hidden ReLU ``(N,)``,
+    ``violation`` = ``z - relu(ẑ)`` at the optimum (0 for stable ReLUs)."""
+
+    bound: float
+    delta: np.ndarray
+    violation: np.ndarray
+
+
+class TriangleRelaxation:
+    """The persistent relaxation model (see the module docstring).
+
+    Args:
+        ws, bs: the layers ``W_i`` ``(n_i, n_{i-1})``, ``b_i`` ``(n_i,)`` (float64 numpy), logits last.
+        x0: ``(d,)`` the centre; norm: "l1", "l2" or "linf"; lo, hi: ``(d,)`` the search box (absolute inputs).
+        lower, upper: ``(N,)`` bounds on every hidden pre-activation over that box (all hidden layers in order).
+        c: the class to keep.
+        l2_cuts: for L2, replace ``δ`` and the QP by an LP over the hidden units with cuts from
+            :class:`_L2Cuts` (a cheaper, valid but not always tight bound; see ``solve``).
+    """
+
+    def __init__(self, ws: list[np.ndarray], bs: list[np.ndarray], x0: np.ndarray, norm: str, lo: np.ndarray,
+                 hi: np.ndarray, lower: np.ndarray, upper: np.ndarray, c: int, l2_cuts: bool = False) -> None:
+        if _highs is None:  # pragma: no cover - depends on the scipy build
+            raise MisteredError("branch and bound needs scipy's bundled HiGHS (scipy >= 1.15); upgrade scipy")
+        d, n = x0.shape[0], lower.shape[0]
+        self.d, self.n_hidden, self.norm, self.c = d, n, norm, c
+        self.lower, self.upper = lower, np.maximum(upper, lower)
+        self.unstable = (lower < 0) & (upper > 0)
+        self.active = lower >= 0  # stable active
+        self.cuts = l2_cuts and norm == "l2" and n > 0  # L2 by cuts on the first layer (see _L2Cuts)
+        n_in = 0 if self.cuts else d  # δ columns
+        n_aux = {"linf": 1, "l1": d, "l2": int(self.cuts)}[norm]
+        self.zhat_col = n_in + n_aux + np.arange(n)
+        unstable_idx = np.flatnonzero(self.unstable)
+        self.z_col = np.full(n, -1)
+        self.z_col[unstable_idx] = n_in + n_aux + n + np.arange(unstable_idx.size)
+        n_cols = n_in + n_aux + n + unstable_idx.size
+        post = np.where(self.unstable, self.z_col, np.where(self.active, self.zhat_col, -1))
+        model = _highs._Highs()
+        model.setOptionValue("output_flag", False)
+        model.setOptionValue("presolve", "off")
+        model.setOptionValue("qp_iteration_limit", _QP_ITERATIONS)
+        model.setOptionValue("qp_regularization_value", 0.0)  # exact QP; the default 1e-7 stalls more often here
+        model.setOptionValue("dual_feasibility_tolerance", _DUAL_TOLERANCE)  # (primal: default; a primal slack
+        # only lowers the bound, the safe side)
+        inf = model.getInfinity()
+        cost = np.zeros(n_cols)
+        cost[n_in:n_in + n_aux] = 1.0
+        col_lo = np.concatenate([(lo - x0)[:n_in], np.zeros(n_aux), self.lower, np.zeros(unstable_idx.size)])
+        col_hi = np.concatenate([(hi - x0)[:n_in], np.full(n_aux, inf), self.upper, self.upper[unstable_idx]])
+        model.addCols(n_cols, cost, col_lo, col_hi, 0, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+        blocks, row_lo, row_hi = [], [], []
+        eye = sp.identity(d, format="csr")
+        if norm == "linf":  # ±δ_i - t <= 0
+            aux = sp.csr_matrix(-np.ones((d, 1)))
+            blocks += [(eye, aux), (-eye, aux)]
+            row_lo += [np.full(2 * d, -inf)]
+            row_hi += [np.zeros(2 * d)]
+        elif norm == "l1":  # s_i ∓ δ_i >= 0
+            blocks += [(-eye, eye), (eye, eye)]
+            row_lo += [np.zeros(2 * d)]
+            row_hi += [np.full(2 * d, inf)]
+        rows = [sp.hstack([left, right, sp.csr_matrix((d, n_cols - d - n_aux))]) for left, right in blocks]
+        prev_cols, start = np.arange(d), 0
+        for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):  # ẑ - W h_prev = b (+ W x0 on the first layer)
+            m = w.shape[0]
+            if i > 0 or not self.cuts:  # (with cuts, δ is not in the model: the first layer's ẑ is free)
+                rhs = b + (w @ x0 if i == 0 else 0.0)
+                keep = prev_cols >= 0
+                rows.append(_rows(m, n_cols, [(self.zhat_col[start:start + m], np.eye(m)),
+                                              (prev_cols[keep], -w[:, keep])]))
+                row_lo.append(rhs)
+                row_hi.append(rhs)
+            prev_cols, start = post[start:start + m], start + m
+        k = unstable_idx
+        lk, uk = self.lower[k], self.upper[k]
+        slope = uk / (uk - lk)
+        self.relu_row = np.full(n, -1)  # the row z - ẑ >= 0 of each unstable ReLU
+        self.relu_row[k] = sum(r.shape[0] for r in rows) + np.arange(k.size)
+        ones = np.ones(k.size)
+        rows.append(_sparse(k.size, n_cols, self.z_col[k], self.zhat_col[k], ones, -ones))  # z - ẑ >= 0
+        row_lo.append(np.zeros(k.size))
+        row_hi.append(np.full(k.size, inf))
+        rows.append(_sparse(k.size, n_cols, self.z_col[k], self.zhat_col[k], ones, -slope))  # the chord
+        row_lo.append(np.full(k.size, -inf))
+        row_hi.append(-slope * lk)
+        margin_w = ws[-1] - ws[-1][c]
+        margin_b = bs[-1] - bs[-1][c] + (margin_w @ x0 if len(ws) == 1 else 0.0)
+        keep = prev_cols >= 0
+        self.margin_row = sum(r.shape[0] for r in rows) + np.arange(margin_w.shape[0])
+        self.margin_lo = -margin_b
+        rows.append(_rows(margin_w.shape[0], n_cols, [(prev_cols[keep], margin_w[:, keep])]))
+        row_lo.append(np.full(margin_w.shape[0], -inf))
+        row_hi.append(np.full(margin_w.shape[0], inf))
+        matrix = sp.vstack(rows, format="csr")
+        model.addRows(matrix.shape[0], np.concatenate(row_lo), np.concatenate(row_hi), matrix.nnz,
+                      matrix.indptr[:-1].astype(np.int32), matrix.indices.astype(np.int32), matrix.data)
+        if norm == "l2" and not self.cuts:  # |δ|² = ½ δᵀ (2 I) δ
+            starts = np.minimum(np.arange(n_cols + 1), d).astype(np.int32)
+            model.passHessian(n_cols, d, _highs.HessianFormat.kTriangular, starts, np.arange(d, dtype=np.int32),
+                              np.full(d, 2.0))
+        self._model, self._inf = model, inf
+        if self.cuts:
+            self._l2 = _L2Cuts(ws[0], bs[0] + ws[0] @ x0, lo - x0, hi - x0)
+            self._l2_cols = np.concatenate([[n_aux - 1 + n_in], self.zhat_col[:ws[0].shape[0]]]).astype(np.int32)
+        self.splits = np.zeros(n, np.int8)
+        self.target = -1
+
+    def contradicts(self, splits: np.ndarray) -> bool:
+        """True if ``splits`` force a ReLU against its stable state (the node is empty in this search box)."""
+        return bool(((splits > 0) & ~self.unstable & ~self.active).any() or ((splits < 0) & self.active).any())
+
+    def set_node(self, splits: np.ndarray, target: int) -> None:
+        """Make the model the relaxation of the node: ``splits`` ``(N,)`` int8 (+1 active, -1 inactive, 0 free;
+        splits of stable ReLUs are ignored, see :meth:`contradicts`) and the target class ``target``."""
+        model = self._model
+        if target != self.target:
+            if self.target >= 0:
+                model.changeRowBounds(int(self.margin_row[self.target]), -self._inf, self._inf)
+            model.changeRowBounds(int(self.margin_row[target]), float(self.margin_lo[target]), self._inf)
+            self.target = target
+        splits = np.where(self.unstable, splits, 0).astype(np.int8)
+        changed = np.flatnonzero(splits != self.splits)
+        if changed.size:
+            s, lo, up = splits[changed], self.lower[changed], self.upper[changed]
+            model.changeColsBounds(changed.size, self.zhat_col[changed].astype(np.int32),
+                                   np.where(s > 0, 0.0, lo), np.where(s < 0, 0.0, up))
+            model.changeColsBounds(changed.size, self.z_col[changed].astype(np.int32), np.zeros(changed.size),
+                                   np.where(s < 0, 0.0, up))
+            for k, sk in zip(changed.tolist(), s.tolist()):
+                model.changeRowBounds(int(self.relu_row[k]), 0.0, 0.0 if sk > 0 else self._inf)
+            self.splits = splits
+
+    def solve(self, enough: float = np.inf) -> RelaxationSolution | str | None:
+        """Solve the current node: its :class:`RelaxationSolution`, ``None`` if infeasible, ``"failed"`` if the
+        solver ends otherwise (numerical trouble; the caller keeps the parent's bound). With L2 cuts, the LP is
+        re-solved after each cut that raises its optimum by more than ``_CUT_GAIN`` (relative; at most
+        ``_MAX_CUTS`` per node, and no more once the bound reaches ``enough``); every LP optimum is a valid bound."""
+        for _ in range(_MAX_CUTS if self.cuts else 1):
+            cols = self._run()
+            if cols is None or isinstance(cols, str):
+                return cols
+            if not self.cuts:
+                break
+            s, y = cols[self._l2_cols[0]], cols[self._l2_cols[1:]]
+            mu, value, delta = self._l2.dual(y)
+            if value <= s + _CUT_GAIN * (1.0 + s) or s >= enough ** 2:
+                break
+            self._add_cut(mu, value - mu @ y)
+        if self.cuts:
+            bound = float(np.sqrt(max(s, 0.0)))
+        else:
+            delta = cols[:self.d]
+            value = max(float(self._model.getObjectiveValue()), 0.0)
+            bound = float(np.sqrt(value)) if self.norm == "l2" else value
+        zhat = cols[self.zhat_col]
+        z = np.where(self.unstable, cols[self.z_col], 0.0)
+        violation = np.where(self.unstable, z - np.maximum(zhat, 0.0), 0.0)
+        return RelaxationSolution(bound, delta, violation)
+
+    def _add_cut(self, mu: np.ndarray, offset: float) -> None:
+        """Add the cut ``s - μ·y >= offset`` (rows are only ever added: cuts hold for every node)."""
+        self._model.addRows(1, np.array([offset]), np.array([self._inf]), self._l2_cols.size, np.zeros(1, np.int32),
+                            self._l2_cols, np.concatenate([[1.0], -mu]))
+
+    def _run(self) -> np.ndarray | str | None:
+        """One solve: the column values, ``None`` if infeasible or ``"failed"``."""
+        model = self._model
+        quiet = native_stdout_silenced if self.norm == "l2" and not self.cuts else nullcontext
+        for _ in range(2):  # from the last basis, then (if that stalls, as HiGHS' QP solver can) from scratch
+            with quiet():
+                model.run()
+            status = model.getModelStatus()
+            if status == _highs.HighsModelStatus.kInfeasible:
+                return None
+            if status == _highs.HighsModelStatus.kOptimal:
+                return np.asarray(model.getSolution().col_value)
+            model.clearSolver()
+        return "failed"
+
+
+@contextmanager
+def native_stdout_silenced() -> Iterator[None]:
+    """Point the process's file descriptor 1 at ``/dev/null`` inside the block.
+
+    HiGHS' QP solver ``printf``-s diagnostics ("dimension mismatch", "degeneracy? ...") that its ``output_flag``
+    does not silence; they would land in the CLI's output. Python's and C's buffers are flushed on entry and exit,
+    so nothing written before or after is lost or reordered. Costs two ``dup2`` calls (microseconds).
+    """
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    libc.fflush(None)
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+class _L2Cuts:
+    """Linear lower bounds on ``φ(y) = min {|δ|² : W δ + c = y, lo <= δ <= hi}``, the squared L2 distance needed to
+    give the first layer the pre-activations ``y`` (``(m,)``; ``W`` ``(m, d)``, ``c`` = ``W x0 + b``).
+
+    For every ``μ`` ``(m,)``, weak duality gives ``φ(y) >= q(μ) + μ·(y - c)`` with
+    ``q(μ) = min_{lo <= δ <= hi} |δ|² - μ·W δ``, attained at ``δ = clip(Wᵀμ / 2, lo, hi)``: a cut valid for every
+    node. The relaxation keeps ``s >= cut`` rows instead of ``δ`` (784 columns) and a QP: the LP has only the
+    hidden units' columns, and the cut at the dual optimum for the LP's ``y`` (a concave piecewise-quadratic
+    maximisation in ``m`` dimensions, by Newton's method from the last ``μ``) makes the bound exact at ``y``.
+    """
+
+    def __init__(self, w: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.w, self.c, self.lo, self.hi = w, c, lo, hi
+        self.mu = np.zeros(w.shape[0])
+
+    def _value(self, mu: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        v = self.w.T @ mu
+        delta = np.clip(v / 2, self.lo, self.hi)
+        return float(delta @ delta - v @ delta + mu @ (y - self.c)), delta, v
+
+    def dual(self, y: np.ndarray, max_iter: int = 50) -> tuple[np.ndarray, float, np.ndarray]:
+        """``(μ, q(μ) + μ·(y - c), δ(μ))`` for a ``μ`` (near-)maximising the bound at ``y``; any ``μ`` is valid."""
+        mu = self.mu
+        value, delta, v = self._value(mu, y)
+        for _ in range(max_iter):
+            grad = y - self.c - self.w @ delta
+            if np.abs(grad).max() <= 1e-12 * (1.0 + np.abs(y).max()):
+                break
+            free = (v / 2 > self.lo) & (v / 2 < self.hi)
+            hess = 0.5 * self.w[:, free] @ self.w[:, free].T
+            step = np.linalg.solve(hess + 1e-12 * (1.0 + np.trace(hess)) * np.eye(hess.shape[0]), grad)
+            t, improved = 1.0, False
+            while t > 1e-10:
+                trial = mu + t * step
+                value_t, delta_t, v_t = self._value(trial, y)
+                if value_t >= value + 1e-4 * t * float(grad @ step):
+                    improved = True
+                    break
+                t /= 2
+            if not improved:
+                break
+            mu, value, delta, v = trial, value_t, delta_t, v_t
+        self.mu = mu
+        return mu, value, delta
+
+
+def _sparse(m: int, n_cols: int, cols_a: np.ndarray, cols_b: np.ndarray, va: np.ndarray,
+            vb: np.ndarray) -> sp.csr_matrix:
+    """``m`` rows with two entries each: ``va[i]`` at ``cols_a[i]`` and ``vb[i]`` at ``cols_b[i]``."""
+    rows = np.concatenate([np.arange(m), np.arange(m)])
+    return sp.csr_matrix((np.concatenate([va, vb]), (rows, np.concatenate([cols_a, cols_b]))), shape=(m, n_cols))
+
+
+def _rows(m: int, n_cols: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> sp.csr_matrix:
+    """``m`` rows with dense blocks ``(m, len(cols))`` placed at the given columns, zeros elsewhere."""
+    data, r, c = [], [], []
+    for cols, block in parts:
+        rr, cc = np.nonzero(block)
+        data.append(block[rr, cc]), r.append(rr), c.append(cols[cc])
+    return sp.csr_matrix((np.concatenate(data), (np.concatenate(r), np.concatenate(c))), shape=(m, n_cols))

@@ -1,0 +1,185 @@
+"""Branch and bound over ReLU splits is exact: it matches GeoCert, the MIP and a brute force over all regions, its
+point is adversarial at the reported distance, no attack beats it, and its anytime bounds are valid."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mistered.certify.branch_distance import branch_and_bound_distance
+from mistered.certify.geocert import certify_geocert, geocert
+from mistered.certify.mindist_mip import mindist_mip
+from mistered.certify.projection import project_l2
+from mistered.certify.relaxation_model import _L2Cuts
+from mistered.errors import InvalidInputError
+from _nets import brute_force_distance_2d, random_box_crossing_net
+
+_ORDER = {"l1": 1, "l2": 2, "linf": float("inf")}
+
+
+def _point(seed: int, d: int) -> torch.Tensor:
+    return torch.rand(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_radius_equals_brute_force_over_all_regions_2d(norm, seed):
+    net = random_box_crossing_net(seed, (2, 5, 5, 3))
+    x0 = _point(seed, 2)
+    result = branch_and_bound_distance(net, x0, norm=norm)
+    assert result.status == "exact"
+    assert result.upper == pytest.approx(brute_force_distance_2d(net, x0.numpy(), norm), abs=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+@pytest.mark.parametrize("seed,sizes", [(1, (10, 12, 12, 4)), (3, (6, 6, 6, 3)), (4, (8, 10, 5))])
+def test_radius_equals_geocert_on_small_multiclass_nets(norm, seed, sizes):
+    net, x0 = random_box_crossing_net(seed, sizes), _point(seed, sizes[0])
+    exact, result = geocert(net, x0, norm=norm), branch_and_bound_distance(net, x0, norm=norm)
+    assert exact.status == result.status == "exact"
+    assert result.upper == pytest.approx(exact.upper, rel=1e-6)
+    assert result.lower == result.upper
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+@pytest.mark.parametrize("seed", [5, 6])
+def test_radius_equals_the_mip(norm, seed):
+    net, x0 = random_box_crossing_net(seed, (8, 10, 10, 4)), _point(seed, 8)
+    mip, result = mindist_mip(net, x0, norm=norm), branch_and_bound_distance(net, x0, norm=norm)
+    assert mip.status == result.status == "exact"
+    assert result.upper == pytest.approx(mip.upper, rel=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_x_adv_is_on_the_decision_boundary_at_distance_upper(norm):
+    net, x0 = random_box_crossing_net(5, (6, 8, 8, 3)), _point(5, 6)
+    result = branch_and_bound_distance(net, x0, norm=norm)
+    assert float(torch.linalg.vector_norm(result.x_adv - x0, ord=_ORDER[norm])) == pytest.approx(result.upper,
+                                                                                                   rel=1e-9)
+    logits = net(result.x_adv[None])[0]
+    others = torch.cat([logits[: result.predicted], logits[result.predicted + 1:]])
+    assert float(others.max() - logits[result.predicted]) >= -1e-7
+    assert (result.x_adv >= 0).all() and (result.x_adv <= 1).all()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_no_attack_gets_closer_than_the_radius(norm):
+    net, x0 = random_box_crossing_net(6, (6, 6, 6, 3)), _point(6, 6)
+    radius = branch_and_bound_distance(net, x0, norm=norm).upper
+    c = int(net(x0[None]).argmax())
+    gen = torch.Generator().manual_seed(0)
+    for eps in torch.linspace(0.05, 1.0, 5):
+        delta = (torch.rand(32, 6, generator=gen, dtype=torch.float64) * 2 - 1) * eps
+        for _ in range(30):
+            delta.requires_grad_(True)
+            logits = net((x0 + delta).clamp(0, 1))
+            others = logits.clone()
+            others[:, c] = -torch.inf
+            (grad,) = torch.autograd.grad((others.max(1).values - logits[:, c]).sum(), delta)
+            with torch.no_grad():
+                step = grad.sign() if norm == "linf" else grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                delta = delta + 0.1 * eps * step
+                norms = torch.linalg.vector_norm(delta, ord=_ORDER[norm], dim=1, keepdim=True)
+                delta = (x0 + delta * (eps / norms).clamp(max=1.0)).clamp(0, 1) - x0
+        with torch.no_grad():
+            adv = net(x0 + delta).argmax(1) != c
+            assert (torch.linalg.vector_norm(delta, ord=_ORDER[norm], dim=1)[adv] >= radius - 1e-9).all()
+
+
+def test_decision_mode_certifies_below_and_attacks_above_the_radius():
+    net, x0 = random_box_crossing_net(1, (10, 12, 12, 4)), _point(1, 10)
+    radius = branch_and_bound_distance(net, x0, norm="l2").upper
+    below = branch_and_bound_distance(net, x0, norm="l2", decision_eps=0.9 * radius)
+    above = branch_and_bound_distance(net, x0, norm="l2", decision_eps=1.1 * radius)
+    assert below.status == "certified" and below.lower >= 0.9 * radius
+    assert above.status == "attacked" and above.upper <= 1.1 * radius
+
+
+def test_time_limit_returns_valid_bounds_with_status_timeout():
+    net, x0 = random_box_crossing_net(2, (10, 12, 12, 4)), _point(2, 10)
+    exact = mindist_mip(net, x0, norm="linf").upper
+    start = time.perf_counter()
+    result = branch_and_bound_distance(net, x0, norm="linf", time_limit=0.0)
+    assert time.perf_counter() - start < 1.0
+    assert result.status == "timeout"
+    assert result.lower <= exact * (1 + 1e-9) and exact <= result.upper * (1 + 1e-9)
+
+
+def test_a_seed_above_the_radius_keeps_it_exact_and_one_below_is_returned():
+    net, x0 = random_box_crossing_net(3, (6, 6, 6, 3)), _point(3, 6)
+    plain = branch_and_bound_distance(net, x0, norm="l2")
+    seeded = branch_and_bound_distance(net, x0, norm="l2", upper_bound=plain.upper * 1.05)
+    assert seeded.upper == pytest.approx(plain.upper, rel=1e-9)
+    assert branch_and_bound_distance(net, x0, norm="l2", upper_bound=plain.upper * 0.5).upper == plain.upper * 0.5
+
+
+def test_certify_geocert_with_branch_search_matches_regions():
+    net = random_box_crossing_net(3, (6, 6, 6, 3))
+    x = torch.stack([_point(s, 6) for s in range(3)])
+    y = net(x).argmax(1)
+    regions = certify_geocert(net, x, y, norm="linf")
+    branch = certify_geocert(net, x, y, norm="linf", search="branch")
+    assert torch.allclose(branch.radius, regions.radius, rtol=1e-6)
+
+
+def test_unknown_norm_and_search_are_rejected():
+    net, x0 = random_box_crossing_net(1, (4, 5, 3)), _point(1, 4)
+    with pytest.raises(InvalidInputError, match="norm"):
+        branch_and_bound_distance(net, x0, norm="l3")
+    with pytest.raises(InvalidInputError, match="search"):
+        certify_geocert(net, x0[None], torch.tensor([0]), search="bfs")
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), norm=st.sampled_from(["l1", "l2", "linf"]))
+def test_bounds_bracket_geocert_radius_under_a_tight_time_limit(seed, norm):
+    net, x0 = random_box_crossing_net(seed, (4, 6, 6, 3)), _point(seed, 4)
+    exact = geocert(net, x0, norm=norm).upper
+    result = branch_and_bound_distance(net, x0, norm=norm, time_limit=0.01)
+    assert result.lower <= exact * (1 + 1e-7) + 1e-12
+    assert exact <= result.upper * (1 + 1e-7) + 1e-12
+    if np.isfinite(result.upper):
+        order = _ORDER[norm]
+        assert float(torch.linalg.vector_norm(result.x_adv - x0, ord=order)) == pytest.approx(result.upper, rel=1e-9)
+
+
+def test_l2_cuts_are_below_the_first_layer_distance_and_tight_at_the_dual_optimum():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 30, generator=gen, dtype=torch.float64).numpy()
+    x0 = torch.rand(30, generator=gen, dtype=torch.float64).numpy()
+    lo, hi = -x0, 1 - x0  # the unit box, as displacements
+    cuts = _L2Cuts(w, np.zeros(4), lo, hi)
+    for trial in range(5):
+        y = w @ (0.3 * torch.rand(30, generator=gen, dtype=torch.float64).numpy() * (hi - lo) + lo)  # reachable
+        exact = project_l2(np.vstack([w, -w]), np.concatenate([y, -y]), np.zeros(30), lo, hi)[1] ** 2
+        mu, value, _ = cuts.dual(y)
+        assert value == pytest.approx(exact, rel=1e-6)
+        for _ in range(10):  # any multiplier gives a lower bound
+            mu = torch.randn(4, generator=gen, dtype=torch.float64).numpy()
+            v = w.T @ mu
+            delta = np.clip(v / 2, lo, hi)
+            assert delta @ delta - v @ delta + mu @ y <= exact + 1e-9
+
+
+def test_l2_on_a_large_input_screens_with_cuts_and_stays_exact():
+    net, x0 = random_box_crossing_net(8, (120, 6, 6, 3)), _point(8, 120)
+    exact, result = geocert(net, x0, norm="l2"), branch_and_bound_distance(net, x0, norm="l2")
+    assert exact.status == result.status == "exact"
+    assert result.upper == pytest.approx(exact.upper, rel=1e-6)
+
+
+def test_native_stdout_is_silenced_inside_the_block_and_restored_after(capfd):
+    import ctypes
+
+    from mistered.certify.relaxation_model import native_stdout_silenced
+
+    libc = ctypes.CDLL(None)
+    libc.printf(b"before\n")
+    with native_stdout_silenced():
+        libc.printf(b"solver noise\n")  # what HiGHS' QP solver does
+    libc.printf(b"after\n")
+    libc.fflush(None)
+    assert capfd.readouterr().out == "before\nafter\n"
