@@ -1,4 +1,7 @@
-"""GeoCert is exact: it matches a brute force over all linear regions, the MIP, and no attack beats it."""
+"""GeoCert is exact: it matches a brute force over all linear regions, the MIP, and no attack beats it.
+
+The contract tests run both exact searches: through the linear regions (``geocert``) and by branch and bound over
+ReLU splits (``branch_and_bound_distance``, more of its own tests in test_branch_distance.py)."""
 
 import time
 
@@ -6,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from mistered.certify.branch_distance import branch_and_bound_distance
 from mistered.certify.geocert import geocert
 from mistered.certify.mindist_mip import mindist_mip
 from mistered.errors import UnsupportedLayerError
@@ -14,14 +18,16 @@ from _nets import brute_force_distance_2d, random_box_crossing_net
 
 
 _random_net = random_box_crossing_net
+SEARCHES = pytest.mark.parametrize("solve", [geocert, branch_and_bound_distance], ids=["regions", "branch"])
 
 
+@SEARCHES
 @pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_radius_equals_brute_force_over_all_regions_2d(norm, seed):
+def test_radius_equals_brute_force_over_all_regions_2d(solve, norm, seed):
     net = _random_net(seed, (2, 5, 5, 3))
     x0 = torch.rand(2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    result = geocert(net, x0, norm=norm)
+    result = solve(net, x0, norm=norm)
     assert result.status == "exact"
     assert result.upper == pytest.approx(brute_force_distance_2d(net, x0.numpy(), norm), abs=1e-4)
 
@@ -39,10 +45,11 @@ def test_radius_equals_the_mip_on_small_nets(norm, seed):
     assert result.upper == pytest.approx(mip.upper, abs=1e-4)
 
 
+@SEARCHES
 @pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
-def test_x_adv_is_on_the_decision_boundary_at_the_exact_distance(norm):
+def test_x_adv_is_on_the_decision_boundary_at_the_exact_distance(solve, norm):
     net, x0 = _random_net(5, (6, 6, 6, 3)), _point(5, 6)
-    result = geocert(net, x0, norm=norm)
+    result = solve(net, x0, norm=norm)
     order = {"l2": 2, "linf": float("inf"), "l1": 1}[norm]
     assert float(torch.linalg.vector_norm(result.x_adv - x0, ord=order)) == pytest.approx(result.upper, abs=1e-6)
     logits = net(result.x_adv[None])[0]
@@ -51,12 +58,13 @@ def test_x_adv_is_on_the_decision_boundary_at_the_exact_distance(norm):
     assert (result.x_adv >= 0).all() and (result.x_adv <= 1).all()
 
 
+@SEARCHES
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_no_attack_gets_closer_than_the_radius(norm):
-    """A PGD-style search for the closest misclassified point never beats GeoCert (and the L2 radius is not
-    over-reported, the original implementation's bug, since ours is at most any adversarial distance)."""
+def test_no_attack_gets_closer_than_the_radius(solve, norm):
+    """A PGD-style search for the closest misclassified point never beats the exact radius (and the L2 radius is
+    not over-reported, the original implementation's bug, since ours is at most any adversarial distance)."""
     net, x0 = _random_net(6, (6, 6, 6, 3)), _point(6, 6)
-    result = geocert(net, x0, norm=norm)
+    result = solve(net, x0, norm=norm)
     c = result.predicted
     gen = torch.Generator().manual_seed(0)
     order = {"l2": 2, "linf": float("inf")}[norm]

@@ -29,22 +29,6 @@ def _first_argmax(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.where(hits, torch.arange(x.shape[1]), x.shape[1]).amin(dim=-1)
 
 
-@pytest.fixture
-def compiled_calls(monkeypatch):
-    """Shapes ``(B, in, out)`` of the calls the compiled kernel answered (a fallback to eager is not counted)."""
-    calls = []
-    original = linf_dist_kernel._compiled_max_abs_diff
-
-    def spy(x, w):
-        result = original(x, w)
-        if result is not None:
-            calls.append((x.shape[0], x.shape[1], w.shape[0]))
-        return result
-
-    monkeypatch.setattr(linf_dist_kernel, "_compiled_max_abs_diff", spy)
-    return calls
-
-
 @needs_compiler
 def test_compiled_kernel_gives_the_eager_values_first_argmax_and_gradients():
     gen = torch.Generator().manual_seed(7)
