@@ -1,13 +1,15 @@
-"""Measure the largest tensor any operator produces: how memory claims (e.g. "never materialises B×out×in") are checked."""
+"""How memory claims (e.g. "never materialises B×out×in") are checked: the largest tensor any operator produces,
+and, for code a dispatch mode cannot see (``torch.compile``-d kernels), the growth of the process's peak RSS."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["LargestTensor"]
+__all__ = ["LargestTensor", "peak_rss_growth"]
 
 
 class LargestTensor(TorchDispatchMode):
@@ -36,3 +38,26 @@ class LargestTensor(TorchDispatchMode):
                 self.numel = max(self.numel, tensor.numel())
                 self.bytes = max(self.bytes, tensor.numel() * tensor.element_size())
         return out
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"{field}:\s+(\d+)", status.read()).group(1))
+
+
+def peak_rss_growth(fn: Callable[[], object]) -> int | None:
+    """Bytes by which the process's peak resident memory during ``fn()`` exceeds its resident memory before.
+
+    The kernel's peak (``VmHWM``) is reset through ``/proc/self/clear_refs`` first. Tensors above glibc's mmap
+    threshold (32 MB at most) get fresh pages, so a large intermediate shows at its full size, compiled or not
+    (the allocations of inductor's generated code are invisible to a TorchDispatchMode, not to the RSS).
+    Linux only: returns ``None`` where the peak cannot be reset.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return None
+    before = _rss_kib("VmRSS")
+    fn()
+    return (_rss_kib("VmHWM") - before) * 1024

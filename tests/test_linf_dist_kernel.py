@@ -3,7 +3,6 @@ sizes, O(B * out) memory, the eager fallback, and the model-wide switch that che
 
 import logging
 import math
-import re
 import shutil
 
 import pytest
@@ -14,6 +13,7 @@ from mistered.certify import linf_dist_kernel
 from mistered.certify.linf_dist import LinfDistConv2d, LinfDistLinear, linf_dist
 from mistered.certify.linf_dist_hybrid import LinfDistHybrid
 from mistered.certify.linf_dist_nets import LinfDistNet, linf_dist_layers, set_linf_dist_compiled
+from mistered.memory import peak_rss_growth
 from mistered.models import load_model, save_model
 from mistered.train.linf_dist import LinfDistObjective
 
@@ -102,26 +102,11 @@ def test_batch_size_and_output_width_changes_do_not_recompile(compiled_calls):
     assert counters["stats"]["unique_graphs"] == graphs  # ...and none compiled again
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(re.search(rf"{field}:\s+(\d+)", status.read()).group(1))
-
-
 def _peak_rss_growth(fn) -> int:
-    """Bytes by which the process's peak resident memory exceeds its resident memory before ``fn()``.
-
-    The kernel's peak is reset through ``/proc/self/clear_refs`` first. Tensors above glibc's mmap threshold
-    (32 MB at most) get fresh pages, so a ``(B, out, in)`` intermediate shows at its full size, compiled or not
-    (the allocations of inductor's generated code are invisible to a TorchDispatchMode, not to the RSS).
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-    except OSError as error:
-        pytest.skip(f"the peak RSS of this process cannot be reset ({error})")
-    before = _rss_kib("VmRSS")
-    fn()
-    return (_rss_kib("VmHWM") - before) * 1024
+    growth = peak_rss_growth(fn)
+    if growth is None:
+        pytest.skip("the peak RSS of this process cannot be reset (/proc/self/clear_refs)")
+    return growth
 
 
 @needs_compiler
