@@ -84,7 +84,8 @@ def run_setting(
         binaries = f"{statistics.median(s['binaries'] for s in stats):.0f}" if stats else ""
         used = "/".join(sorted({s["bounds"] for s in stats})) if stats else ""
         shown = opts.bounds if used == opts.bounds else f"{opts.bounds}: {used}"
-        label = f"{method} ({shown}, {opts.solver})" if stats else method
+        solvers = "/".join(sorted({s["solver"] for s in stats})) if stats else ""
+        label = f"{method} ({shown}, {solvers})" if stats else method
         rows.append(f"| {name} | {radius} | {label} | {statistics.median(est.value.tolist()):.4g} | "
                     f"{statistics.median(times):.3g} | {max(times):.3g} | {binaries} | {status} |")
         print(rows[-1], flush=True)
