@@ -81,7 +81,11 @@ def layer_speed(batch: int = 128, inp: int = 784, out: int = 1024) -> list[str]:
         )
         if compiled:  # inductor's buffers are invisible to a dispatch mode: the peak RSS growth instead
             growth = peak_rss_growth(lambda: linf_dist(x, w, p, compiled=True).sum().backward())
-            memory = "not measurable here" if growth is None else f"{growth / 2**20:.1f} MB peak RSS growth"
+            if growth is None:
+                memory = "not measurable here"
+            else:
+                memory = f"{growth / 2**20:.1f} MB" if growth >= 2**20 else "< 1 MB"
+                memory += " peak RSS growth"
         else:
             with LargestTensor() as mode:
                 linf_dist(x, w, p).sum().backward()
