@@ -1,8 +1,17 @@
 """Fixtures shared by several test files."""
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from mistered.certify import linf_dist_kernel
+
+# The default run (and CI) draws the same examples every time, so a red run is reproducible and a green one is not
+# luck; `MISTERED_HYPOTHESIS=explore pytest` draws fresh examples on every run to hunt for new counterexamples.
+settings.register_profile("deterministic", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("MISTERED_HYPOTHESIS", "deterministic"))
 
 
 @pytest.fixture

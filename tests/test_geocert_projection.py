@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mistered.certify.geocert import _Search
 from mistered.certify.halfspace import pair_excludes_box
-from mistered.certify.projection import LinfProjector, distance_lp
+from mistered.certify.projection import LinfProjector, _least_distance_nnls, distance_lp, project_l2
 from _nets import random_box_crossing_net
 
 
@@ -55,6 +55,48 @@ def test_linf_projector_detects_an_empty_polytope():
     assert proj(a, b, np.zeros(10), np.ones(10)) is None
     assert proj(a[:1], b[:1], np.zeros(10), np.ones(10))[1] == pytest.approx(0.3)  # and recovers after it
     assert proj.n_fallbacks == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), m=st.integers(1, 12))
+def test_l2_projection_equals_least_distance_nnls_and_agrees_with_an_lp_on_emptiness(seed, m):
+    d = 12
+    x0, polys = _polytopes(seed, d, 3, m)
+    lo, hi = np.zeros(d), np.ones(d)
+    for a, b in polys:
+        result, empty = project_l2(a, b, x0, lo, hi), distance_lp("linf", a, b, x0, lo, hi) is None
+        assert (result is None) == empty
+        if result is not None:
+            x, dist = result
+            assert (a @ x - b).max() <= 1e-7 and (x >= lo).all() and (x <= hi).all()
+            reference = _least_distance_nnls(a, b, x0, lo, hi)  # the second exact method
+            assert dist == pytest.approx(np.linalg.norm(reference - x0), rel=1e-6, abs=1e-9)
+
+
+def test_l2_projection_reports_an_empty_polytope_where_both_exact_methods_stall():
+    """Regression (found by hypothesis in CI): the dual Newton's line search stalls on this empty polytope and
+    NNLS's residual is not near zero, so only an LP could tell that it is empty."""
+    a = np.array([
+        [-0.5123358427629999, 0.6399619407926865, 0.5136621081301792, -0.46706878365772425],
+        [0.20779645099474398, 1.6312001298413537, -0.687106445811586, 0.6044477718250987],
+        [0.5995304785196288, -0.2513457430298941, 0.09227396488092657, 0.6321392497836101],
+        [-0.8065046747413355, 0.2657355286417949, -0.7586408164933675, 0.6318752289024965],
+        [-1.4102776562661334, -0.44845038581168567, -0.3303444036017915, 1.753618298880204],
+        [-0.8740910047556603, -0.8333745299020366, -0.28565506127385953, 0.6662985637676863],
+        [-1.0630584686970113, -0.18399630957307594, -0.12743320689457469, 1.1100234543906518],
+        [-0.6731966863755316, 0.2539260153365187, 0.2116744326499469, 0.19349478877095064],
+        [-0.9259464000090316, 0.27633504960231126, 0.2335895123334101, 0.366432302953555],
+        [-0.4785312115497848, 0.2618386579775582, 0.21466255380292693, 0.02568301156348586],
+        [0.25032616086222476, -0.4747885670327729, -0.37891528128737156, 0.4511385727401686],
+        [-0.7882571971377328, -1.0176649733884238, -0.790004257657879, 2.034971187545405],
+    ])
+    b = np.array([0.14827403893780933, 0.7546492343639598, 0.24216962753132282, -0.6613581086334521,
+                  -0.39709231845930404, -0.5722244705532835, -0.2008627137532726, 0.11753452908882032,
+                  -0.031317351301296856, 0.16121987984422578, 0.6141502568890566, -0.6199706406177962])
+    x0 = np.array([0.5386892652963841, 0.5312946915908991, 0.14046230419959405, 0.5482164668978857])
+    lo, hi = np.zeros(4), np.array([1.0, 1.0, 0.7662260066804206, 1.0])
+    assert distance_lp("linf", a, b, x0, lo, hi) is None
+    assert project_l2(a, b, x0, lo, hi) is None
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf", "l1"])

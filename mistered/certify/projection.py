@@ -14,7 +14,8 @@
   (finite on this piecewise-quadratic dual), recover ``x = clip(x0 - Aᵀλ, lo, hi)`` (stationarity holds by
   construction) and **verify** primal feasibility, dual feasibility and complementary slackness (so a zero duality
   gap) to tolerance. If verification fails, the problem is re-solved as a least-distance program by Lawson-Hanson
-  NNLS (exact, finite active set, slower) and verified again.
+  NNLS (exact, finite active set, slower) and verified again; when that point is infeasible too, an LP decides
+  whether the polytope is empty (``None``) or the projection failed (an error).
 
 All arrays are float64 numpy; ``x0`` has shape ``(d,)``, ``A`` ``(m, d)``, ``b`` ``(m,)``, ``lo``/``hi`` ``(d,)``.
 Every function returns ``(x, distance)`` or ``None`` when the polytope is empty.
@@ -193,12 +194,12 @@ def project_l2(
         return None
     if outcome is None:
         outcome = _least_distance_nnls(A, b, x0, lo, hi)
-        if outcome is None:
+    if outcome is None or (A @ outcome - b).max() > FEASIBILITY_TOL:
+        # NNLS tells emptiness by a residual near zero, which is scale-dependent: an LP settles it.
+        if _linprog(np.zeros(x0.shape[0]), A, b, np.stack([lo, hi], axis=1)) is None:
             return None
-    x = outcome
-    if (A @ x - b).max() > FEASIBILITY_TOL:
         raise MisteredError("the L2 projection could not be verified (KKT conditions violated after the NNLS fallback)")
-    return x, float(np.linalg.norm(x - x0))
+    return outcome, float(np.linalg.norm(outcome - x0))
 
 
 def _dual_newton(A, b, x0, lo, hi, max_iter) -> np.ndarray | str | None:
