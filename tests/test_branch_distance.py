@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistered.certify.branch_distance import branch_and_bound_distance
-from mistered.certify.geocert import certify_geocert, geocert
-from mistered.certify.mindist_mip import mindist_mip
+from mistered.certify.branch_distance import _relaxation, branch_and_bound_distance
+from mistered.certify.geocert import _Search, certify_geocert, geocert, start_search
+from mistered.certify.mindist_mip import margin_net, mindist_mip
 from mistered.certify.projection import project_l2
 from mistered.certify.relaxation_model import _L2Cuts
 from mistered.errors import InvalidInputError
@@ -119,7 +119,54 @@ def test_l2_cuts_are_below_the_first_layer_distance_and_tight_at_the_dual_optimu
             assert delta @ delta - v @ delta + mu @ y <= exact + 1e-9
 
 
-def test_l2_on_a_large_input_screens_with_cuts_and_stays_exact():
+def test_l2_support_function_is_the_lp_maximum_over_the_box():
+    from scipy.optimize import linprog
+
+    gen = np.random.default_rng(0)
+    w, lo = gen.standard_normal((4, 30)), -gen.random(30)
+    hi = lo + 1.0
+    cuts = _L2Cuts(w, np.zeros(4), lo, hi)
+    for _ in range(5):
+        u = gen.standard_normal(4)
+        best = -linprog(-(w.T @ u), bounds=list(zip(lo, hi)), method="highs").fun
+        assert cuts.support(u) == pytest.approx(best, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_l2_cut_bound_never_exceeds_the_qp_and_reaches_it_when_that_prunes(seed):
+    """The cut relaxation (LP over the hidden units + Newton steps on φ) against the exact 30-D QP, on random nodes:
+    valid (never above the QP's optimum) and tight (it reaches any pruning level just below that optimum)."""
+    d = 30
+    net, x = random_box_crossing_net(seed, (d, 12, 10, 3)), _point(seed, d)
+    net, x0, c, _, _ = start_search(net, x, "l2", None, None, (0.0, 1.0))
+    search = _Search(margin_net(net, c), x0, "l2", (0.0, 1.0))
+    search.shrink(0.8)
+    qp, cuts = _relaxation(search, x0, "l2", c), _relaxation(search, x0, "l2", c, l2_cuts=True)
+    rng = np.random.default_rng(seed)
+    compared = 0
+    for trial in range(6):
+        target = [k for k in range(3) if k != c][trial % 2]
+        splits = np.where(rng.random(qp.n_hidden) < 0.3, rng.choice([-1, 1], qp.n_hidden), 0).astype(np.int8)
+        if qp.contradicts(splits):
+            continue
+        qp.set_node(splits, target)
+        cuts.set_node(splits, target)
+        exact = qp.solve()
+        if isinstance(exact, str):
+            continue
+        if exact is None:
+            assert cuts.solve() is None
+            continue
+        enough = exact.bound * (1 - 1e-6)
+        bound = cuts.solve(enough).bound
+        assert bound <= exact.bound * (1 + 1e-6) + 1e-9
+        if exact.bound > 1e-6:  # (a node that reaches x0's class boundary has bound 0 up to rounding)
+            assert bound >= enough * (1 - 1e-9)
+            compared += 1
+    assert compared >= 2
+
+
+def test_l2_on_a_large_input_bounds_nodes_with_cuts_and_stays_exact():
     net, x0 = random_box_crossing_net(8, (120, 6, 6, 3)), _point(8, 120)
     exact, result = geocert(net, x0, norm="l2"), branch_and_bound_distance(net, x0, norm="l2")
     assert exact.status == result.status == "exact"

@@ -16,9 +16,11 @@ The search, best-first over nodes (a node = some ReLUs fixed active or inactive,
 * a node's bound is the optimum of its triangle relaxation (:class:`~mistered.certify.relaxation_model.
   TriangleRelaxation`: an LP for L1/L∞, a QP with Hessian ``2 I`` for L2, solved by HiGHS from the last basis):
   a lower bound on the distance of every adversarial point of the node; nodes at or beyond the upper bound are
-  pruned. In L2 on large inputs (>= 100) each node is first screened by a cheap LP over the hidden units with
-  cuts on the first layer's distance function (valid, not always tight; ~10x cheaper than the 784-D QP, whose
-  active set must free most pixels); the QP is solved only for nodes the screen does not prune;
+  pruned. In L2 on large inputs (>= 100) the bound comes instead from an LP over the hidden units with cuts on
+  the first layer's distance function, tightened by Newton steps until it prunes the node or the relaxation is
+  shown unable to (``TriangleRelaxation(l2_cuts=True)``; ~25x cheaper per node than the 784-D QP, which is kept
+  for a node whose LP fails numerically);
+* a leaf (every unstable ReLU split) is one linear region: its exact projection is its exact distance;
 * upper bounds: at every node, the exact projection (:mod:`mistered.certify.projection`, as GeoCert) onto the
   linear region of the network's true activation pattern at the relaxation's optimum, intersected with
   ``f_j >= f_c``: an adversarial point at an exactly known distance. A node whose bound that point attains is
@@ -27,7 +29,7 @@ The search, best-first over nodes (a node = some ReLUs fixed active or inactive,
   (``z - relu(ẑ)``, ties to earlier layers).
 
 Exactness: every pruning rule compares a valid lower bound with a distance actually attained, the children of a
-node partition it, and a node with every unstable ReLU fixed is a single region, where the relaxation is exact.
+node partition it, and a node with every unstable ReLU fixed is a single region, which is projected exactly.
 When the queue holds nothing below the best distance found, that distance is the minimum. Float64 throughout;
 relaxation bounds are taken ``1e-9`` (relative) low against solver tolerances.
 """
@@ -50,7 +52,7 @@ __all__ = ["branch_and_bound_distance"]
 
 logger = logging.getLogger(__name__)
 _SAFETY = 1e-9  # relative slack on relaxation bounds (solver tolerances)
-_CUTS_FROM = 100  # L2 inputs of this size or more screen nodes with the cut relaxation before the QP
+_CUTS_FROM = 100  # L2 inputs of this size or more bound nodes with the cut relaxation instead of the QP
 
 
 def branch_and_bound_distance(
@@ -96,9 +98,21 @@ def branch_and_bound_distance(
     heap = [(0.0, j, j, np.zeros(n_hidden, np.int8)) for j in range(len(reachable)) if j != c and reachable[j]]
     heapq.heapify(heap)
     counter, n_nodes, n_relaxations, status = len(reachable), 0, 0, None
-    relax, screen, relax_radius = None, None, np.nan
+    relax, cut_relax, relax_radius = None, None, np.nan
     use_cuts = norm == "l2" and x0.shape[0] >= _CUTS_FROM and n_hidden > 0
     projected: dict[tuple[int, bytes], float] = {}  # (target, pattern) -> distance of its exact projection
+
+    def offer(tag: tuple[int, bytes]) -> float:
+        """The exact distance of the region ``tag`` (once per region), which becomes the best if it is nearer."""
+        nonlocal best, best_x
+        if tag not in projected:
+            point = _project(search, tag, limit())
+            projected[tag] = np.inf if point is None else point[1]
+            if point is not None and point[1] < best:
+                best, best_x = point[1], point[0]
+                search.shrink(limit())
+        return projected[tag]
+
     while heap and heap[0][0] < limit():
         if time_limit is not None and time.perf_counter() - start > time_limit:
             status = "timeout"
@@ -108,39 +122,41 @@ def branch_and_bound_distance(
             continue
         if relax_radius != search.box_radius:
             relax, relax_radius = _relaxation(search, x0, norm, c), search.box_radius
-            screen = _relaxation(search, x0, norm, c, l2_cuts=True) if use_cuts else None
+            cut_relax = _relaxation(search, x0, norm, c, l2_cuts=True) if use_cuts else None
         if relax.contradicts(splits):
             continue
         n_nodes += 1
-        if screen is not None:  # L2 on large inputs: the cheap cut bound first, the exact QP only if it fails
-            screen.set_node(splits, j)
+        free = relax.unstable & (splits == 0)
+        if not free.any():  # a leaf is one linear region: its exact projection is its exact distance
+            offer((j, np.where(relax.unstable, splits > 0, relax.active).tobytes()))
+            if decision_eps is not None and best <= eps:
+                break
+            continue
+        sol = None
+        if cut_relax is not None:  # L2 on large inputs: the bound from cuts; the QP only if that solve fails
+            cut_relax.set_node(splits, j)
             n_relaxations += 1
-            cut = screen.solve(limit())
-            if cut is None or (not isinstance(cut, str) and max(key, cut.bound * (1 - _SAFETY)) >= limit()):
+            sol = cut_relax.solve(limit())
+            if sol is None or (not isinstance(sol, str) and max(key, sol.bound * (1 - _SAFETY)) >= limit()):
                 continue
-        relax.set_node(splits, j)
-        n_relaxations += 1
-        sol = relax.solve()
+            if isinstance(sol, str):
+                sol = None
+        if sol is None:
+            relax.set_node(splits, j)
+            n_relaxations += 1
+            sol = relax.solve()
         if sol is None:
             continue
         bound = key if isinstance(sol, str) else max(key, sol.bound * (1 - _SAFETY))
         if bound >= limit():
             continue
         if not isinstance(sol, str):
-            tag = (j, _pattern(search, x0 + sol.delta, domain).tobytes())
-            if tag not in projected:
-                point = _project(search, tag, limit())
-                projected[tag] = np.inf if point is None else point[1]
-                if point is not None and point[1] < best:
-                    best, best_x = point[1], point[0]
-                    search.shrink(limit())
-            if projected[tag] <= sol.bound * (1 + _SAFETY):
+            if offer((j, _pattern(search, x0 + sol.delta, domain).tobytes())) <= sol.bound * (1 + _SAFETY):
                 continue  # the node's bound is attained: nothing in it is nearer
         if decision_eps is not None and best <= eps:
             break
-        free = relax.unstable & (splits == 0)
-        if bound >= limit() or not free.any():
-            continue  # (no free ReLU: one region, where the relaxation is exact and was just projected)
+        if bound >= limit():
+            continue
         score = np.zeros(n_hidden) if isinstance(sol, str) else sol.violation
         k = int(np.flatnonzero(free)[np.argmax(score[free])])
         for side in (1, -1):
