@@ -60,12 +60,13 @@ def test_geocert_searches_give_the_same_exact_radii_and_are_recorded(tmp_path):
     assert (tmp_path / "branch" / "radii.png").stat().st_size > 0
 
 
-def test_geocert_auto_search_is_regions_in_l2(tmp_path):
+@pytest.mark.parametrize("choice,recorded", [([], "branch"), (["--search", "regions"], "regions")])
+def test_geocert_l2_search_is_branch_by_default_and_regions_on_request(tmp_path, choice, recorded):
     result = CliRunner().invoke(main, ["certify", "--method", "geocert", "--norm", "l2", "--n", "1",
-                                       "--time-limit", "0.5", "--out", str(tmp_path)])
+                                       "--time-limit", "0.5", "--out", str(tmp_path), *choice])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "results.json").read_text())
-    assert record["settings"]["search"] == "regions"
+    assert record["settings"]["search"] == recorded
     example = record["examples"][0]
     assert example["status"] in ("exact", "timeout") and example["radius"] <= example["upper"]
 

@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 NORMS = ("l1", "l2", "linf")
 SEARCHES = ("auto", "regions", "branch")  # certify_geocert's exact searches
 #: ``search="auto"``: per norm, the search that solved more MNIST-sized examples in ``benchmarks/geocert_speed.py``
-AUTO_SEARCH = {"linf": "branch", "l1": "branch", "l2": "regions"}
+AUTO_SEARCH = {"linf": "branch", "l1": "branch", "l2": "branch"}  # per norm, the faster on MNIST-sized nets
 _SAFETY = 1e-9  # relative slack on closed-form bounds
 
 
@@ -361,8 +361,8 @@ def certify_geocert(
     ``search``: ``"regions"`` (:func:`geocert`, through the linear regions), ``"branch"`` (the same exact
     distance by branch and bound over ReLU splits, :func:`~mistered.certify.branch_distance.
     branch_and_bound_distance`; far fewer solves on MNIST-sized nets; ``n_regions`` then counts its nodes) or
-    ``"auto"`` (:data:`AUTO_SEARCH`: branch and bound in L∞ and L1, regions in L2, where each is the faster on
-    MNIST-sized nets).
+    ``"auto"`` (:data:`AUTO_SEARCH`: today branch and bound in every norm, the faster on MNIST-sized nets; see
+    ``benchmarks/RESULTS.md``).
     """
     if norm not in NORMS:
         raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")

@@ -115,16 +115,18 @@ class TriangleRelaxation:
         col_hi = np.concatenate([(hi - x0)[:n_in], np.full(n_aux, inf), self.upper, self.upper[unstable_idx]])
         blocks, row_lo, row_hi = [], [], []
         eye = sp.identity(d, format="csr")
+        # only the rows that can bind: δ_i <= t (s_i >= δ_i) where δ_i can be positive, -δ_i <= t where negative
+        up, down = np.flatnonzero(hi - x0 > 0), np.flatnonzero(lo - x0 < 0)
         if norm == "linf":  # ±δ_i - t <= 0
             aux = sp.csr_matrix(-np.ones((d, 1)))
-            blocks += [(eye, aux), (-eye, aux)]
-            row_lo += [np.full(2 * d, -inf)]
-            row_hi += [np.zeros(2 * d)]
-        elif norm == "l1":  # s_i ∓ δ_i >= 0
-            blocks += [(-eye, eye), (eye, eye)]
-            row_lo += [np.zeros(2 * d)]
-            row_hi += [np.full(2 * d, inf)]
-        rows = [sp.hstack([left, right, sp.csr_matrix((d, n_cols - d - n_aux))]) for left, right in blocks]
+            blocks += [(eye[up], aux[up]), (-eye[down], aux[down])]
+            row_lo += [np.full(up.size + down.size, -inf)]
+            row_hi += [np.zeros(up.size + down.size)]
+        elif norm == "l1":  # s_i ∓ δ_i >= 0 (and s_i >= 0, a bound)
+            blocks += [(-eye[up], eye[up]), (eye[down], eye[down])]
+            row_lo += [np.zeros(up.size + down.size)]
+            row_hi += [np.full(up.size + down.size, inf)]
+        rows = [sp.hstack([left, right, sp.csr_matrix((left.shape[0], n_cols - d - n_aux))]) for left, right in blocks]
         prev_cols, start = np.arange(d), 0
         for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):  # ẑ - W h_prev = b (+ W x0 on the first layer)
             m = w.shape[0]
