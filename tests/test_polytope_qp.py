@@ -29,6 +29,16 @@ def test_projection_as_a_qp_equals_the_exact_l2_projection_as_bounds_and_rows_ch
             qp.add_row(np.arange(d), np.ones(d), -np.inf, 2.0)  # Σ x <= 2
 
 
+def test_forgetting_added_rows_keeps_the_given_ones_and_the_last_added():
+    qp = PolytopeQP(np.array([[1.0, 1.0]]), np.array([-np.inf]), np.array([1.0]), np.zeros(2), np.ones(2))
+    for bound in (0.9, 0.8, 0.7):
+        qp.add_row(np.array([0]), np.array([1.0]), -np.inf, bound)  # x0 <= bound
+    qp.forget_added(1)
+    assert qp.row_hi.tolist() == [1.0, 0.7]
+    x = qp.solve(np.array([-1.0, 0.0]), sp.identity(2))  # nearest to (1, 0)
+    assert x == pytest.approx([0.7, 0.0], abs=1e-3)  # (an interior point: near the bound, not on it)
+
+
 def test_an_empty_polytope_and_an_equality_row():
     qp = PolytopeQP(np.array([[1.0, 1.0]]), np.array([1.5]), np.array([1.5]), np.zeros(2), np.ones(2))
     x = qp.solve(np.zeros(2), sp.identity(2))

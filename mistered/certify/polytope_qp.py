@@ -38,6 +38,7 @@ class PolytopeQP:
                  col_hi: np.ndarray) -> None:
         dense = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix, dtype=float)
         self._rows = np.vstack([dense, np.eye(dense.shape[1])])  # the rows, then one per variable bound
+        self._n_base = dense.shape[0]  # rows given at construction (later ones come from add_row)
         self.row_lo, self.row_hi = np.array(row_lo, dtype=float), np.array(row_hi, dtype=float)
         self.col_lo, self.col_hi = np.array(col_lo, dtype=float), np.array(col_hi, dtype=float)
         self._settings = clarabel.DefaultSettings()
@@ -50,6 +51,13 @@ class PolytopeQP:
         m = self.row_lo.size
         self._rows = np.vstack([self._rows[:m], row, self._rows[m:]])
         self.row_lo, self.row_hi = np.append(self.row_lo, lo), np.append(self.row_hi, hi)
+
+    def forget_added(self, keep: int) -> None:
+        """Drop the rows added by :meth:`add_row` but the last ``keep``."""
+        m = self.row_lo.size
+        kept = np.r_[0:self._n_base, max(self._n_base, m - keep):m]
+        self._rows = np.vstack([self._rows[kept], self._rows[m:]])
+        self.row_lo, self.row_hi = self.row_lo[kept], self.row_hi[kept]
 
     def solve(self, q: np.ndarray, hessian: sp.spmatrix) -> np.ndarray | None:
         """``argmin qᵀx + ½ xᵀ hessian x`` over the polytope (``hessian`` ``(n, n)`` symmetric PSD), or ``None``

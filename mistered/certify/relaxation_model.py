@@ -344,17 +344,19 @@ class TriangleRelaxation:
         return np.where(self.unstable, z - np.maximum(zhat, 0.0), 0.0)
 
     def _add_cut(self, mu: np.ndarray, offset: float) -> None:
-        """Add the cut ``s - μ·y >= offset`` (rows are only ever added: cuts hold for every node)."""
+        """Add the cut ``s - μ·y >= offset`` (it holds for every node; see :meth:`_forget_slack_cuts`)."""
         self._model.addRows(1, np.array([offset]), np.array([self._inf]), self._l2_cols.size, np.zeros(1, np.int32),
                             self._l2_cols, np.concatenate([[1.0], -mu]))
 
     def _forget_slack_cuts(self) -> None:
         """Once the pool holds more than ``_CUT_POOL`` cuts, drop those with slack at the LP's current optimum
-        (every cut stays valid and is found again where it binds; a long pool slows every re-solve)."""
+        (every cut stays valid and is found again where it binds; a long pool slows every re-solve), and all but
+        the last ``_CUT_POOL`` separating cuts from the Newton steps' polytope."""
         model = self._model
         n_rows = model.getNumRow()
         if n_rows - self._n_base_rows <= _CUT_POOL:
             return
+        self._newton.forget_added(_CUT_POOL)
         lp, solution = model.getLp(), model.getSolution()
         extra = slice(self._n_base_rows, n_rows)
         activity = np.asarray(solution.row_value)[extra]
