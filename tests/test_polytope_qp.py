@@ -16,7 +16,7 @@ def test_projection_as_a_qp_equals_the_exact_l2_projection_as_bounds_and_rows_ch
     b = a @ x0 - 0.3  # x0 violates every row
     qp = PolytopeQP(a, np.full(m, -np.inf), b, np.zeros(d), np.ones(d))
     for step in range(3):
-        x = qp.solve(-x0, sp.identity(d))  # min ½|x|² - x0·x = ½|x - x0|² + const
+        x = qp.solve(-x0, sp.identity(d, format="csc"))  # min ½|x|² - x0·x = ½|x - x0|² + const
         exact = project_l2(a if step < 2 else np.vstack([a, np.ones((1, d))]),
                            b if step < 2 else np.append(b, 2.0), x0, qp.col_lo, qp.col_hi)
         if exact is None:
@@ -35,16 +35,16 @@ def test_forgetting_added_rows_keeps_the_given_ones_and_the_last_added():
         qp.add_row(np.array([0]), np.array([1.0]), -np.inf, bound)  # x0 <= bound
     qp.forget_added(1)
     assert qp.row_hi.tolist() == [1.0, 0.7]
-    x = qp.solve(np.array([-1.0, 0.0]), sp.identity(2))  # nearest to (1, 0)
+    x = qp.solve(np.array([-1.0, 0.0]), sp.identity(2, format="csc"))  # nearest to (1, 0)
     assert x == pytest.approx([0.7, 0.0], abs=1e-3)  # (an interior point: near the bound, not on it)
 
 
 def test_an_empty_polytope_and_an_equality_row():
     qp = PolytopeQP(np.array([[1.0, 1.0]]), np.array([1.5]), np.array([1.5]), np.zeros(2), np.ones(2))
-    x = qp.solve(np.zeros(2), sp.identity(2))
+    x = qp.solve(np.zeros(2), sp.identity(2, format="csc"))
     assert x == pytest.approx([0.75, 0.75], abs=1e-6)
     qp.col_hi[:] = 0.5  # x1 + x2 = 1.5 is out of reach
-    assert qp.solve(np.zeros(2), sp.identity(2)) is None
+    assert qp.solve(np.zeros(2), sp.identity(2, format="csc")) is None
     qp.col_hi[:] = 1.0
     qp.col_lo[0] = 2.0  # crossed bounds
-    assert qp.solve(np.zeros(2), sp.identity(2)) is None
+    assert qp.solve(np.zeros(2), sp.identity(2, format="csc")) is None

@@ -11,7 +11,7 @@ direction only, so an interior-point optimum (not a vertex, tolerance 1e-8) is a
 Example:
     >>> qp = PolytopeQP(matrix, row_lo, row_hi, col_lo, col_hi)
     >>> qp.col_lo[3] = 0.0                      # bounds are plain arrays, changed in place
-    >>> x = qp.solve(q, hessian)               # None if infeasible or the solver fails
+    >>> x = qp.solve(q, sp.triu(hessian, format="csc"))   # None if infeasible or the solver fails
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ class PolytopeQP:
         self._rows = np.vstack([self._rows[kept], self._rows[m:]])
         self.row_lo, self.row_hi = self.row_lo[kept], self.row_hi[kept]
 
-    def solve(self, q: np.ndarray, hessian: sp.spmatrix) -> np.ndarray | None:
-        """``argmin qᵀx + ½ xᵀ hessian x`` over the polytope (``hessian`` ``(n, n)`` symmetric PSD), or ``None``
-        when the polytope is empty or Clarabel does not reach its tolerance."""
+    def solve(self, q: np.ndarray, hessian_upper: sp.csc_matrix) -> np.ndarray | None:
+        """``argmin qᵀx + ½ xᵀ H x`` over the polytope, or ``None`` when the polytope is empty or Clarabel does not
+        reach its tolerance; ``hessian_upper``: the upper triangle of the symmetric PSD ``H`` ``(n, n)`` (CSC)."""
         lo, hi = np.concatenate([self.row_lo, self.col_lo]), np.concatenate([self.row_hi, self.col_hi])
         if (lo > hi).any():
             return None
@@ -71,7 +71,7 @@ class PolytopeQP:
         a = np.vstack([self._rows[equal], self._rows[upper], -self._rows[lower]])
         b = np.concatenate([hi[equal], hi[upper], -lo[lower]])
         cones = [clarabel.ZeroConeT(int(equal.sum())), clarabel.NonnegativeConeT(int(upper.sum() + lower.sum()))]
-        solver = clarabel.DefaultSolver(sp.triu(hessian, format="csc"), np.asarray(q, dtype=float),
+        solver = clarabel.DefaultSolver(hessian_upper, np.asarray(q, dtype=float),
                                         sp.csc_matrix(a), b, cones, self._settings)
         solution = solver.solve()
         if solution.status != clarabel.SolverStatus.Solved:

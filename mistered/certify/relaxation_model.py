@@ -325,9 +325,7 @@ class TriangleRelaxation:
         y = point.cols[y_cols]
         q = np.zeros(self._n_cols)
         q[y_cols] = point.mu - hess @ y  # (μ = ∇φ(y))
-        rows, cols = np.meshgrid(y_cols, y_cols, indexing="ij")
-        quadratic = sp.csc_matrix((hess.ravel(), (rows.ravel(), cols.ravel())), shape=(self._n_cols, self._n_cols))
-        target = self._newton.solve(q, quadratic)
+        target = self._newton.solve(q, _upper_block(hess, int(y_cols[0]), self._n_cols))
         if target is None:
             return None
         for t in 0.5 ** np.arange(_LINE_SEARCH):
@@ -470,6 +468,18 @@ class _L2Cuts:
             mu, value, delta, v = trial, value_t, delta_t, v_t
         self.mu = mu
         return mu, value, delta
+
+
+def _upper_block(block: np.ndarray, start: int, n: int) -> sp.csc_matrix:
+    """The upper triangle, as CSC, of the ``(n, n)`` matrix that is ``block`` ``(k, k)`` at rows and columns
+    ``start:start + k`` and zero elsewhere."""
+    k = block.shape[0]
+    rows, cols = np.triu_indices(k)
+    order = np.lexsort((rows, cols))  # column-major
+    counts = np.zeros(n, np.int64)
+    counts[start:start + k] = np.arange(1, k + 1)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return sp.csc_matrix((block[rows[order], cols[order]], rows[order] + start, indptr), shape=(n, n))
 
 
 def _sparse(m: int, n_cols: int, cols_a: np.ndarray, cols_b: np.ndarray, va: np.ndarray,
