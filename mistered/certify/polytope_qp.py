@@ -41,6 +41,7 @@ class PolytopeQP:
         self._n_base = dense.shape[0]  # rows given at construction (later ones come from add_row)
         self.row_lo, self.row_hi = np.array(row_lo, dtype=float), np.array(row_hi, dtype=float)
         self.col_lo, self.col_hi = np.array(col_lo, dtype=float), np.array(col_hi, dtype=float)
+        self._cache: tuple | None = None  # the last solve's bounds and constraint matrices
         self._settings = clarabel.DefaultSettings()
         self._settings.verbose = False
 
@@ -51,6 +52,7 @@ class PolytopeQP:
         m = self.row_lo.size
         self._rows = np.vstack([self._rows[:m], row, self._rows[m:]])
         self.row_lo, self.row_hi = np.append(self.row_lo, lo), np.append(self.row_hi, hi)
+        self._cache = None
 
     def forget_added(self, keep: int) -> None:
         """Drop the rows added by :meth:`add_row` but the last ``keep``."""
@@ -58,6 +60,7 @@ class PolytopeQP:
         kept = np.r_[0:self._n_base, max(self._n_base, m - keep):m]
         self._rows = np.vstack([self._rows[kept], self._rows[m:]])
         self.row_lo, self.row_hi = self.row_lo[kept], self.row_hi[kept]
+        self._cache = None
 
     def solve(self, q: np.ndarray, hessian_upper: sp.csc_matrix) -> np.ndarray | None:
         """``argmin qᵀx + ½ xᵀ H x`` over the polytope, or ``None`` when the polytope is empty or Clarabel does not
@@ -65,14 +68,16 @@ class PolytopeQP:
         lo, hi = np.concatenate([self.row_lo, self.col_lo]), np.concatenate([self.row_hi, self.col_hi])
         if (lo > hi).any():
             return None
-        fin_lo, fin_hi = np.abs(lo) < _FINITE, np.abs(hi) < _FINITE
-        equal = fin_lo & fin_hi & (lo == hi)
-        upper, lower = fin_hi & ~equal, fin_lo & ~equal
-        a = np.vstack([self._rows[equal], self._rows[upper], -self._rows[lower]])
-        b = np.concatenate([hi[equal], hi[upper], -lo[lower]])
-        cones = [clarabel.ZeroConeT(int(equal.sum())), clarabel.NonnegativeConeT(int(upper.sum() + lower.sum()))]
-        solver = clarabel.DefaultSolver(hessian_upper, np.asarray(q, dtype=float),
-                                        sp.csc_matrix(a), b, cones, self._settings)
+        if self._cache is None or not (np.array_equal(lo, self._cache[0]) and np.array_equal(hi, self._cache[1])):
+            fin_lo, fin_hi = np.abs(lo) < _FINITE, np.abs(hi) < _FINITE
+            equal = fin_lo & fin_hi & (lo == hi)
+            upper, lower = fin_hi & ~equal, fin_lo & ~equal
+            a = sp.csc_matrix(np.vstack([self._rows[equal], self._rows[upper], -self._rows[lower]]))
+            b = np.concatenate([hi[equal], hi[upper], -lo[lower]])
+            self._cache = (lo, hi, a, b, int(equal.sum()), int(upper.sum() + lower.sum()))
+        _, _, a, b, n_equal, n_inequal = self._cache  # (the same polytope as the last solve: its matrices again)
+        cones = [clarabel.ZeroConeT(n_equal), clarabel.NonnegativeConeT(n_inequal)]
+        solver = clarabel.DefaultSolver(hessian_upper, np.asarray(q, dtype=float), a, b, cones, self._settings)
         solution = solver.solve()
         if solution.status != clarabel.SolverStatus.Solved:
             return None

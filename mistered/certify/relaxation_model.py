@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from contextlib import contextmanager, nullcontext
@@ -470,16 +471,22 @@ class _L2Cuts:
         return mu, value, delta
 
 
-def _upper_block(block: np.ndarray, start: int, n: int) -> sp.csc_matrix:
-    """The upper triangle, as CSC, of the ``(n, n)`` matrix that is ``block`` ``(k, k)`` at rows and columns
-    ``start:start + k`` and zero elsewhere."""
-    k = block.shape[0]
+@functools.lru_cache(maxsize=8)
+def _upper_block_pattern(k: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column indices into a ``(k, k)`` block and the CSC ``indices``/``indptr`` of its upper triangle
+    placed at rows and columns ``start:start + k`` of an ``(n, n)`` matrix."""
     rows, cols = np.triu_indices(k)
     order = np.lexsort((rows, cols))  # column-major
     counts = np.zeros(n, np.int64)
     counts[start:start + k] = np.arange(1, k + 1)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    return sp.csc_matrix((block[rows[order], cols[order]], rows[order] + start, indptr), shape=(n, n))
+    return rows[order], cols[order], np.concatenate([[0], np.cumsum(counts)])
+
+
+def _upper_block(block: np.ndarray, start: int, n: int) -> sp.csc_matrix:
+    """The upper triangle, as CSC, of the ``(n, n)`` matrix that is ``block`` ``(k, k)`` at rows and columns
+    ``start:start + k`` and zero elsewhere."""
+    rows, cols, indptr = _upper_block_pattern(block.shape[0], start, n)
+    return sp.csc_matrix((block[rows, cols], rows + start, indptr), shape=(n, n))
 
 
 def _sparse(m: int, n_cols: int, cols_a: np.ndarray, cols_b: np.ndarray, va: np.ndarray,
