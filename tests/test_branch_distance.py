@@ -14,7 +14,7 @@ from mistered.certify.branch_distance import _relaxation, branch_and_bound_dista
 from mistered.certify.geocert import _Search, certify_geocert, geocert, start_search
 from mistered.certify.mindist_mip import margin_net, mindist_mip
 from mistered.certify.projection import project_l2
-from mistered.certify.relaxation_model import _L2Cuts
+from mistered.certify.l2_cut_relaxation import FirstLayerDistance
 from mistered.errors import InvalidInputError
 from _nets import random_box_crossing_net
 
@@ -106,7 +106,7 @@ def test_l2_cuts_are_below_the_first_layer_distance_and_tight_at_the_dual_optimu
     w = torch.randn(4, 30, generator=gen, dtype=torch.float64).numpy()
     x0 = torch.rand(30, generator=gen, dtype=torch.float64).numpy()
     lo, hi = -x0, 1 - x0  # the unit box, as displacements
-    cuts = _L2Cuts(w, np.zeros(4), lo, hi)
+    cuts = FirstLayerDistance(w, np.zeros(4), lo, hi)
     for trial in range(5):
         y = w @ (0.3 * torch.rand(30, generator=gen, dtype=torch.float64).numpy() * (hi - lo) + lo)  # reachable
         exact = project_l2(np.vstack([w, -w]), np.concatenate([y, -y]), np.zeros(30), lo, hi)[1] ** 2
@@ -125,7 +125,7 @@ def test_l2_support_function_is_the_lp_maximum_over_the_box():
     gen = np.random.default_rng(0)
     w, lo = gen.standard_normal((4, 30)), -gen.random(30)
     hi = lo + 1.0
-    cuts = _L2Cuts(w, np.zeros(4), lo, hi)
+    cuts = FirstLayerDistance(w, np.zeros(4), lo, hi)
     for _ in range(5):
         u = gen.standard_normal(4)
         best = -linprog(-(w.T @ u), bounds=list(zip(lo, hi)), method="highs").fun

@@ -18,7 +18,7 @@ The search, best-first over nodes (a node = some ReLUs fixed active or inactive,
   a lower bound on the distance of every adversarial point of the node; nodes at or beyond the upper bound are
   pruned. In L2 on large inputs (>= 100) the bound comes instead from an LP over the hidden units with cuts on
   the first layer's distance function, tightened by Newton steps until it prunes the node or the relaxation is
-  shown unable to (``TriangleRelaxation(l2_cuts=True)``; ~25x cheaper per node than the 784-D QP, which is kept
+  shown unable to (``L2CutRelaxation``; ~25x cheaper per node than the 784-D QP, which is kept
   for a node whose LP fails numerically);
 * a leaf (every unstable ReLU split) is one linear region: its exact projection is its exact distance;
 * upper bounds: at every node, the exact projection (:mod:`mistered.certify.projection`, as GeoCert) onto the
@@ -46,6 +46,7 @@ import torch
 from .geocert import GeoCertResult, _Search, start_search
 from .mindist_mip import margin_net
 from .plnet import PiecewiseLinearNet
+from .l2_cut_relaxation import L2CutRelaxation
 from .relaxation_model import TriangleRelaxation
 
 __all__ = ["branch_and_bound_distance"]
@@ -179,11 +180,14 @@ def branch_and_bound_distance(
 
 
 def _relaxation(search: _Search, x0: np.ndarray, norm: str, c: int, l2_cuts: bool = False) -> TriangleRelaxation:
-    """The relaxation over the search's current box and pre-activation bounds."""
+    """The relaxation over the search's current box and pre-activation bounds (with ``l2_cuts``, the L2 bound over
+    the hidden units, :class:`~mistered.certify.l2_cut_relaxation.L2CutRelaxation`)."""
     lower = np.concatenate([low[0].numpy() for low, _ in search.bounds[:-1]] or [np.zeros(0)])
     upper = np.concatenate([up[0].numpy() for _, up in search.bounds[:-1]] or [np.zeros(0)])
     lo, hi = search.box(search.box_radius)
-    return TriangleRelaxation(search.ws, search.bs, x0, norm, lo, hi, lower, upper, c, l2_cuts)
+    if l2_cuts:
+        return L2CutRelaxation(search.ws, search.bs, x0, lo, hi, lower, upper, c)
+    return TriangleRelaxation(search.ws, search.bs, x0, norm, lo, hi, lower, upper, c)
 
 
 def _pattern(search: _Search, x: np.ndarray, domain: tuple[float, float]) -> np.ndarray:

@@ -12,13 +12,9 @@ Variables, in the displacement ``δ = x - x0`` (input units, ``(d,)``):
 * for every unstable ReLU the triangle: ``z >= 0`` (bound), ``z - ẑ >= 0`` and ``z <= u (ẑ - l) / (u - l)``;
 * one margin row ``f_j - f_c >= 0`` per class ``j != c``, all but the current target's switched off (free bounds).
 
-With ``l2_cuts`` (L2 only) ``δ`` is left out: a column ``s`` bounds ``|δ|²`` from below through cuts on the first
-layer's distance function ``φ(y)`` (:class:`_L2Cuts`; ``y`` = its pre-activations), an LP over the hidden units
-only, whose every optimum is a valid bound. Newton steps on ``φ`` over the node's polytope (small QPs over the
-hidden units, :class:`~mistered.certify.polytope_qp.PolytopeQP`) find the relaxation's optimum ``y*``, where one
-tangent cut makes the LP exact; the pool is shared by all nodes (slack cuts are dropped once it is long). On
-784-pixel MNIST nets this is ~25x cheaper per node than the QP in ``δ``, whose active set must free hundreds of
-pixels one at a time (measured 0.3-0.6 s per node against ~12 ms).
+With ``l2_cuts`` (L2 only) ``δ`` is left out: a column ``s`` and the hidden units only, the layout of
+:class:`~mistered.certify.l2_cut_relaxation.L2CutRelaxation`, which bounds ``|δ|²`` through cuts (~25x cheaper per
+node than the QP in ``δ`` on 784-pixel nets).
 
 A node of the branch and bound is a vector of ReLU splits (``+1`` active, ``-1`` inactive, ``0`` free) and a target:
 a split only changes bounds (active: ``ẑ >= 0`` and ``z - ẑ <= 0``, so ``z = ẑ``; inactive: ``z = 0`` and
@@ -35,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import sys
 from contextlib import contextmanager, nullcontext
@@ -46,7 +41,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import MisteredError
-from .polytope_qp import PolytopeQP
 
 try:  # HiGHS as bundled by scipy (see mistered.certify.projection)
     from scipy.optimize._highspy import _core as _highs
@@ -56,13 +50,6 @@ except ImportError:  # pragma: no cover - depends on the scipy build
 __all__ = ["TriangleRelaxation", "RelaxationSolution", "native_stdout_silenced"]
 
 _QP_ITERATIONS = 5000  # the active-set QP solver can cycle from a warm start: a stalled solve is retried cold
-_MAX_CUTS = 20  # L2: cutting-plane rounds per node
-_NEWTON_STEPS = 20  # L2: Newton steps on φ per round (exact on φ's piece: a few suffice once it is found)
-_PIECE_SLACK = 1e-2  # L2: weight of the pixels at a bound in the Newton model of φ (see _newton_step)
-_LINE_SEARCH = 10  # L2: step halvings tried by a Newton step
-_CUT_POOL = 200  # L2: cuts kept in the LP beyond which the slack ones are dropped
-_CUT_SLACK = 1e-7  # L2: relative slack on the cut bound (the LP's primal tolerance can lift it: measured 5e-10)
-_CUT_GAIN = 1e-9  # L2: a cut is added only if it raises the bound by more than this (relative)
 _DUAL_TOLERANCE = 1e-9  # a dual slack could raise a node's bound above the truth: kept tight
 
 
@@ -71,7 +58,7 @@ class RelaxationSolution:
     """One node's relaxation optimum: ``bound`` (the distance ``t``, ``Σ s`` or ``|δ|``, a lower bound on the
     distance of every point of the node), ``delta`` ``(d,)`` the optimal displacement and, per hidden ReLU ``(N,)``,
     ``violation`` = ``z - relu(ẑ)`` at the optimum (0 for stable ReLUs). With L2 cuts the bound may be below the
-    relaxation's optimum, and ``delta``/``violation`` are at the best point found (see ``_solve_by_cuts``)."""
+    relaxation's optimum, and ``delta``/``violation`` are at the best point found (see ``L2CutRelaxation.solve``)."""
 
     bound: float
     delta: np.ndarray
@@ -86,8 +73,8 @@ class TriangleRelaxation:
         x0: ``(d,)`` the centre; norm: "l1", "l2" or "linf"; lo, hi: ``(d,)`` the search box (absolute inputs).
         lower, upper: ``(N,)`` bounds on every hidden pre-activation over that box (all hidden layers in order).
         c: the class to keep.
-        l2_cuts: for L2, replace ``δ`` and the QP by an LP over the hidden units with cuts from
-            :class:`_L2Cuts` (a cheaper, valid but not always tight bound; see ``solve``).
+        l2_cuts: for L2, the layout without ``δ``: a column ``s`` and the hidden units (for
+            :class:`~mistered.certify.l2_cut_relaxation.L2CutRelaxation`, its only user).
     """
 
     def __init__(self, ws: list[np.ndarray], bs: list[np.ndarray], x0: np.ndarray, norm: str, lo: np.ndarray,
@@ -99,7 +86,7 @@ class TriangleRelaxation:
         self.lower, self.upper = lower, np.maximum(upper, lower)
         self.unstable = (lower < 0) & (upper > 0)
         self.active = lower >= 0  # stable active
-        self.cuts = l2_cuts and norm == "l2" and n > 0  # L2 by cuts on the first layer (see _L2Cuts)
+        self.cuts = l2_cuts and norm == "l2" and n > 0  # L2 by cuts on the first layer (see L2CutRelaxation)
         n_in = 0 if self.cuts else d  # δ columns
         n_aux = {"linf": 1, "l1": d, "l2": int(self.cuts)}[norm]
         self.zhat_col = n_in + n_aux + np.arange(n)
@@ -165,14 +152,9 @@ class TriangleRelaxation:
             starts = np.minimum(np.arange(n_cols + 1), d).astype(np.int32)
             model.passHessian(n_cols, d, _highs.HessianFormat.kTriangular, starts, np.arange(d, dtype=np.int32),
                               np.full(d, 2.0))
-        self._model, self._inf, self._n_cols, self._newton = model, inf, n_cols, None
+        self._model, self._inf, self._n_cols = model, inf, n_cols
+        self._rows = (matrix, row_lo, row_hi, col_lo, col_hi)  # as built (for L2CutRelaxation's Newton steps)
         self._n_base_rows = matrix.shape[0]  # (cuts are appended after these)
-        if self.cuts:
-            self._l2 = _L2Cuts(ws[0], bs[0] + ws[0] @ x0, lo - x0, hi - x0)
-            self._l2_cols = np.concatenate([[n_aux - 1 + n_in], self.zhat_col[:ws[0].shape[0]]]).astype(np.int32)
-            self._newton = PolytopeQP(matrix, row_lo, row_hi, col_lo, col_hi)  # the node without cuts: Newton steps
-            self._reach_args = (ws, bs, x0, "l2", lo, hi, lower, upper, c)
-            self._reach: TriangleRelaxation | None = None  # an LP in δ, for reachable start points
         self.splits = np.zeros(n, np.int8)
         self.target = -1
 
@@ -193,25 +175,22 @@ class TriangleRelaxation:
             if self.target >= 0:
                 rows.append((self.margin_row[[self.target]], np.array([-inf]), np.array([inf])))
             rows.append((self.margin_row[[target]], self.margin_lo[[target]], np.array([inf])))
+        self._set_bounds(cols, rows)
+        self.target, self.splits = target, splits
+
+    def _set_bounds(self, cols: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Apply ``(indices, lower, upper)`` bound changes of columns and rows to the model."""
         for index, new_lo, new_hi in cols:
             self._model.changeColsBounds(index.size, index.astype(np.int32), new_lo, new_hi)
-            if self._newton is not None:
-                self._newton.col_lo[index], self._newton.col_hi[index] = new_lo, new_hi
         for index, new_lo, new_hi in rows:
             for i, row_lo, row_hi in zip(index.tolist(), new_lo.tolist(), new_hi.tolist()):
                 self._model.changeRowBounds(i, row_lo, row_hi)
-            if self._newton is not None:
-                self._newton.row_lo[index], self._newton.row_hi[index] = new_lo, new_hi
-        self.target, self.splits = target, splits
-        if self.cuts and self._reach is not None:
-            self._reach.set_node(splits, target)
 
     def solve(self, enough: float = np.inf) -> RelaxationSolution | str | None:
         """Solve the current node: its :class:`RelaxationSolution`, ``None`` if infeasible, ``"failed"`` if the
-        solver ends otherwise (numerical trouble; the caller keeps the parent's bound). With L2 cuts see
-        :meth:`_solve_by_cuts`."""
-        if self.cuts:
-            return self._solve_by_cuts(enough)
+        solver ends otherwise (numerical trouble; the caller keeps the parent's bound). ``enough``: a distance
+        at which the caller prunes (used by :class:`~mistered.certify.l2_cut_relaxation.L2CutRelaxation`)."""
         cols = self._run()
         if cols is None or isinstance(cols, str):
             return cols
@@ -219,151 +198,11 @@ class TriangleRelaxation:
         bound = float(np.sqrt(value)) if self.norm == "l2" else value
         return RelaxationSolution(bound, cols[:self.d], self._violation(cols))
 
-    def _solve_by_cuts(self, enough: float) -> RelaxationSolution | str | None:
-        """The node's L2 bound from the LP with cuts on ``φ``: every LP optimum ``s`` is a valid bound on ``|δ|²``.
-
-        Each round evaluates ``φ`` exactly at the LP's first-layer point ``y`` (the dual of :class:`_L2Cuts`,
-        whose ``δ`` gives an attained value ``|δ|²``) and cuts there (Kelley). If no displacement in the box reaches
-        that ``y``, the round starts from the node's feasibility LP over ``δ`` instead (:meth:`_reachable_point`).
-        Then Newton steps on ``φ`` over the node's polytope (:meth:`_newton_step`) descend to the relaxation's
-        optimum ``y*``, and the tangent cut there alone lifts the LP to ``φ(y*)`` (first-order optimality).
-
-        The rounds end when ``s`` meets the best attained value (the bound is the relaxation's optimum, within
-        ``_CUT_GAIN``), when ``s`` reaches ``enough`` (the caller prunes), when an attained value is below
-        ``enough`` (the relaxation cannot prune the node, so a tighter bound is not worth its time: the caller
-        splits it), or after ``_MAX_CUTS`` rounds. ``delta`` and ``violation`` are taken at the best point.
-        """
-        best, goal = None, (enough / (1 - _CUT_SLACK)) ** 2
-        for _ in range(_MAX_CUTS):
-            cols = self._run()
-            if cols is None or isinstance(cols, str):
-                return cols
-            self._forget_slack_cuts()
-            s = max(float(cols[self._l2_cols[0]]), 0.0)
-            point = self._evaluate(cols, s)
-            best = point if best is None or point.value < best.value else best
-            if best.value <= s + _CUT_GAIN * (1.0 + s) or s >= goal or best.value < goal:
-                break
-            if not np.isfinite(best.value):
-                start = self._reachable_point(s)
-                if start is None or isinstance(start, str):
-                    return start
-                best = start
-            for _ in range(_NEWTON_STEPS):
-                step = self._newton_step(best)
-                if step is None:
-                    break
-                improved = best.value - step.value > _CUT_GAIN * (1.0 + best.value)
-                best = step
-                if not improved or best.value < goal:
-                    break
-            if best.value < goal:
-                break
-            self._evaluate(best.cols, s)  # (its cut)
-        return RelaxationSolution(float(np.sqrt(s)) * (1 - _CUT_SLACK), best.delta, self._violation(best.cols))
-
-    def _evaluate(self, cols: np.ndarray, s: float) -> "_Point":
-        """``φ`` at the columns' first-layer point ``y``, with the cut there when it lifts the LP above ``s``; if no
-        pixel displacement in the box reaches ``y`` (``φ(y) = ∞``), the cut that separates ``y`` from that set."""
-        y = cols[self._l2_cols[1:]]
-        point = self._attained(cols)
-        mu, value = point.mu, point.bound
-        if np.isfinite(point.value):
-            if value > s + _CUT_GAIN * (1.0 + s):
-                self._add_cut(mu, value - mu @ y)
-            return point
-        self._l2.mu = np.zeros_like(mu)  # the dual diverged (along a separating direction): restart from 0 next
-        u = mu / max(float(np.linalg.norm(mu)), 1e-300)
-        reach = self._l2.support(u) + u @ self._l2.c  # max of u·y over the reachable y
-        if u @ y > reach + 1e-9 * (1.0 + abs(reach)):
-            self._model.addRows(1, np.array([-self._inf]), np.array([reach]), u.size, np.zeros(1, np.int32),
-                                self._l2_cols[1:], u)
-            self._newton.add_row(self._l2_cols[1:], u, -np.inf, reach)
-        elif value > s + _CUT_GAIN * (1.0 + s):
-            self._add_cut(mu, value - mu @ y)
-        return point
-
-    def _attained(self, cols: np.ndarray) -> "_Point":
-        """The point of ``cols``: ``φ``'s dual at its first-layer ``y`` and, if that ``δ`` reaches ``y``, ``|δ|²``."""
-        y = cols[self._l2_cols[1:]]
-        mu, bound, delta = self._l2.dual(y)
-        reached = np.abs(self._l2.w @ delta + self._l2.c - y).max() <= 1e-9 * (1.0 + np.abs(y).max())
-        return _Point(float(delta @ delta) if reached else np.inf, cols, delta, mu, bound)
-
-    def _reachable_point(self, s: float) -> "_Point | str | None":
-        """A point of the node's relaxation whose first-layer ``y`` some displacement in the box reaches, from an
-        LP that has ``δ``: the relaxation in ``δ`` without its Hessian, minimising ``|δ_i|`` over the pixels that
-        can move one way only (the background of a digit: cheap, and near ``x0``); ``None`` if it is infeasible.
-        (The L∞ relaxation would do as well, at ~7x the time: its ``±δ_i <= t`` rows.)"""
-        if self._reach is None:
-            self._reach = TriangleRelaxation(*self._reach_args)
-            model = self._reach._model
-            n_cols = self._reach._n_cols
-            model.passHessian(n_cols, 0, _highs.HessianFormat.kTriangular, np.zeros(n_cols + 1, np.int32),
-                              np.zeros(0, np.int32), np.zeros(0))  # (an empty Hessian: an LP)
-            lo, hi = self._l2.lo, self._l2.hi
-            model.changeColsCost(self.d, np.arange(self.d, dtype=np.int32),
-                                 np.where(lo >= 0, 1.0, np.where(hi <= 0, -1.0, 0.0)))
-            self._reach.set_node(self.splits, self.target)
-        cols = self._reach._run()
-        if cols is None or isinstance(cols, str):
-            return cols
-        return self._evaluate(np.concatenate([[0.0], cols[self.d:]]), s)
-
-    def _newton_step(self, point: "_Point") -> "_Point | None":
-        """A point of the node's polytope with a smaller ``φ`` than ``point``'s (see :meth:`_solve_by_cuts`)."""
-        w, lo, hi = self._l2.w, self._l2.lo, self._l2.hi
-        free = (point.delta > lo + 1e-12) & (point.delta < hi - 1e-12)
-        # φ's Hessian on its piece, 2 (W_F W_Fᵀ)⁻¹, with the pixels at a bound weighted by _PIECE_SLACK: finite
-        # when fewer pixels than units are free (then the piece alone would pin y to a subspace)
-        gram = w[:, free] @ w[:, free].T + _PIECE_SLACK * (w[:, ~free] @ w[:, ~free].T)
-        try:
-            hess = 2.0 * np.linalg.inv(gram)
-        except np.linalg.LinAlgError:
-            return None
-        hess = 0.5 * (hess + hess.T)
-        y_cols = self._l2_cols[1:]
-        y = point.cols[y_cols]
-        q = np.zeros(self._n_cols)
-        q[y_cols] = point.mu - hess @ y  # (μ = ∇φ(y))
-        target = self._newton.solve(q, _upper_block(hess, int(y_cols[0]), self._n_cols))
-        if target is None:
-            return None
-        for t in 0.5 ** np.arange(_LINE_SEARCH):
-            cols_t = point.cols + t * (target - point.cols)
-            trial = self._attained(cols_t)
-            if trial.value < point.value:
-                return trial
-        return None
-
     def _violation(self, cols: np.ndarray) -> np.ndarray:
         """``(N,)`` ``z - relu(ẑ)`` per unstable ReLU at ``cols`` (0 for stable ones)."""
         zhat = cols[self.zhat_col]
         z = np.where(self.unstable, cols[self.z_col], 0.0)
         return np.where(self.unstable, z - np.maximum(zhat, 0.0), 0.0)
-
-    def _add_cut(self, mu: np.ndarray, offset: float) -> None:
-        """Add the cut ``s - μ·y >= offset`` (it holds for every node; see :meth:`_forget_slack_cuts`)."""
-        self._model.addRows(1, np.array([offset]), np.array([self._inf]), self._l2_cols.size, np.zeros(1, np.int32),
-                            self._l2_cols, np.concatenate([[1.0], -mu]))
-
-    def _forget_slack_cuts(self) -> None:
-        """Once the pool holds more than ``_CUT_POOL`` cuts, drop those with slack at the LP's current optimum
-        (every cut stays valid and is found again where it binds; a long pool slows every re-solve), and all but
-        the last ``_CUT_POOL`` separating cuts from the Newton steps' polytope."""
-        model = self._model
-        n_rows = model.getNumRow()
-        if n_rows - self._n_base_rows <= _CUT_POOL:
-            return
-        self._newton.forget_added(_CUT_POOL)
-        lp, solution = model.getLp(), model.getSolution()
-        extra = slice(self._n_base_rows, n_rows)
-        activity = np.asarray(solution.row_value)[extra]
-        row_lo, row_hi = np.asarray(lp.row_lower_)[extra], np.asarray(lp.row_upper_)[extra]
-        slack = np.minimum(activity - row_lo, row_hi - activity)
-        drop = self._n_base_rows + np.flatnonzero(slack > 1e-9 * (1.0 + np.abs(activity)))
-        if drop.size:
-            model.deleteRows(drop.size, drop.astype(np.int32))  # (basic rows: the basis stays valid)
 
     def _run(self) -> np.ndarray | str | None:
         """One solve: the column values, ``None`` if infeasible or ``"failed"``."""
@@ -379,19 +218,6 @@ class TriangleRelaxation:
                 return np.asarray(model.getSolution().col_value)
             model.clearSolver()
         return "failed"
-
-
-@dataclass
-class _Point:
-    """A point of a node's relaxation: ``value`` = ``|δ|²`` attained for its first-layer pre-activations ``y``
-    (``inf`` if no ``δ`` in the box was found to reach them), its columns ``cols``, ``δ`` ``(d,)``, and the dual's
-    ``μ`` ``(m,)`` with its lower bound ``bound`` on ``φ(y)`` (``μ = ∇φ(y)`` where the two meet)."""
-
-    value: float
-    cols: np.ndarray
-    delta: np.ndarray
-    mu: np.ndarray
-    bound: float
 
 
 @contextmanager
@@ -415,78 +241,6 @@ def native_stdout_silenced() -> Iterator[None]:
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
-
-
-class _L2Cuts:
-    """Linear lower bounds on ``φ(y) = min {|δ|² : W δ + c = y, lo <= δ <= hi}``, the squared L2 distance needed to
-    give the first layer the pre-activations ``y`` (``(m,)``; ``W`` ``(m, d)``, ``c`` = ``W x0 + b``).
-
-    For every ``μ`` ``(m,)``, weak duality gives ``φ(y) >= q(μ) + μ·(y - c)`` with
-    ``q(μ) = min_{lo <= δ <= hi} |δ|² - μ·W δ``, attained at ``δ = clip(Wᵀμ / 2, lo, hi)``: a cut valid for every
-    node. The relaxation keeps ``s >= cut`` rows instead of ``δ`` (784 columns) and a QP: the LP has only the
-    hidden units' columns, and the cut at the dual optimum for the LP's ``y`` (a concave piecewise-quadratic
-    maximisation in ``m`` dimensions, by Newton's method from the last ``μ``) makes the bound exact at ``y``.
-    """
-
-    def __init__(self, w: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
-        self.w, self.c, self.lo, self.hi = w, c, lo, hi
-        self.cap = float(np.maximum(lo ** 2, hi ** 2).sum())  # φ <= cap wherever it is finite
-        self.mu = np.zeros(w.shape[0])
-
-    def _value(self, mu: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        v = self.w.T @ mu
-        delta = np.clip(v / 2, self.lo, self.hi)
-        return float(delta @ delta - v @ delta + mu @ (y - self.c)), delta, v
-
-    def support(self, u: np.ndarray) -> float:
-        """``max {u·W δ : lo <= δ <= hi}`` for ``u`` ``(m,)``: the support function of the reachable ``y - c``."""
-        v = self.w.T @ u
-        return float(np.maximum(v * self.lo, v * self.hi).sum())
-
-    def dual(self, y: np.ndarray, max_iter: int = 50) -> tuple[np.ndarray, float, np.ndarray]:
-        """``(μ, q(μ) + μ·(y - c), δ(μ))`` for a ``μ`` (near-)maximising the bound at ``y``; any ``μ`` is valid."""
-        mu = self.mu
-        value, delta, v = self._value(mu, y)
-        for _ in range(max_iter):
-            grad = y - self.c - self.w @ delta
-            if np.abs(grad).max() <= 1e-12 * (1.0 + np.abs(y).max()) or value > self.cap:
-                break  # (above the cap the dual is unbounded: no δ in the box reaches y)
-            free = (v / 2 > self.lo) & (v / 2 < self.hi)
-            hess = 0.5 * self.w[:, free] @ self.w[:, free].T
-            step = np.linalg.solve(hess + 1e-12 * (1.0 + np.trace(hess)) * np.eye(hess.shape[0]), grad)
-            if float(grad @ step) <= 1e-15 * (1.0 + abs(value)):
-                break  # the ascent left is below rounding: converged
-            t, improved = 1.0, False
-            while t > 1e-10:
-                trial = mu + t * step
-                value_t, delta_t, v_t = self._value(trial, y)
-                if value_t >= value + 1e-4 * t * float(grad @ step):
-                    improved = True
-                    break
-                t /= 2
-            if not improved:
-                break
-            mu, value, delta, v = trial, value_t, delta_t, v_t
-        self.mu = mu
-        return mu, value, delta
-
-
-@functools.lru_cache(maxsize=8)
-def _upper_block_pattern(k: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row and column indices into a ``(k, k)`` block and the CSC ``indices``/``indptr`` of its upper triangle
-    placed at rows and columns ``start:start + k`` of an ``(n, n)`` matrix."""
-    rows, cols = np.triu_indices(k)
-    order = np.lexsort((rows, cols))  # column-major
-    counts = np.zeros(n, np.int64)
-    counts[start:start + k] = np.arange(1, k + 1)
-    return rows[order], cols[order], np.concatenate([[0], np.cumsum(counts)])
-
-
-def _upper_block(block: np.ndarray, start: int, n: int) -> sp.csc_matrix:
-    """The upper triangle, as CSC, of the ``(n, n)`` matrix that is ``block`` ``(k, k)`` at rows and columns
-    ``start:start + k`` and zero elsewhere."""
-    rows, cols, indptr = _upper_block_pattern(block.shape[0], start, n)
-    return sp.csc_matrix((block[rows, cols], rows + start, indptr), shape=(n, n))
 
 
 def _sparse(m: int, n_cols: int, cols_a: np.ndarray, cols_b: np.ndarray, va: np.ndarray,
