@@ -57,6 +57,7 @@ def test_both_mip_solvers_match_geocert(solver, seed):
     logits = net(mip.x_adv[None])[0]
     assert float(torch.cat([logits[: mip.predicted], logits[mip.predicted + 1 :]]).max() - logits[mip.predicted]) >= -1e-5
     assert float((mip.x_adv - x0).abs().max()) == pytest.approx(mip.upper, abs=1e-6)
+    assert float((mip.x_adv - x0).abs().max()) <= mip.upper + 1e-15  # never farther than it reports
 
 
 def test_mip_with_a_tight_upper_bound_keeps_the_exact_distance():

@@ -35,6 +35,7 @@ from .halfspace import halfspace_projection
 from .linear_bounds import linear_bounds
 from .local_lipschitz.milp import SCIP_PARAMETERS
 from .plnet import PiecewiseLinearNet
+from .projection import _norm
 
 __all__ = ["MipDistanceResult", "mindist_mip", "margin_net", "MIP_SOLVERS"]
 
@@ -113,8 +114,9 @@ def mindist_mip(
             break
     if not timed_out:
         lower = best  # every target solved or proved to have nothing closer than the best
-    if best_x is not None:  # the point from its displacement variables
-        best_x = np.clip(x0 + best_x, domain[0], domain[1])
+    if best_x is not None:  # the point from its displacement variables; its own distance, not the solver's
+        best_x = np.clip(x0 + best_x, domain[0], domain[1])  # objective (they differ within its tolerance, ~1e-6)
+        best = max(best, _norm(best_x - x0, norm))
     seconds = time.perf_counter() - start
     adv = None if best_x is None else torch.as_tensor(best_x).reshape(net.input_shape)
     return MipDistanceResult(float(min(lower, best)), float(best), "timeout" if timed_out else "exact", adv, c,
