@@ -147,7 +147,9 @@ class TriangleRelaxation:
         row_lo.append(np.full(margin_w.shape[0], -inf))
         row_hi.append(np.full(margin_w.shape[0], inf))
         matrix, row_lo, row_hi = sp.vstack(rows, format="csr"), np.concatenate(row_lo), np.concatenate(row_hi)
-        _load(model, cost, col_lo, col_hi, matrix, row_lo, row_hi)
+        model.addCols(n_cols, cost, col_lo, col_hi, 0, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+        model.addRows(matrix.shape[0], row_lo, row_hi, matrix.nnz, matrix.indptr[:-1].astype(np.int32),
+                      matrix.indices.astype(np.int32), matrix.data)
         if norm == "l2" and not self.cuts:  # |δ|² = ½ δᵀ (2 I) δ
             starts = np.minimum(np.arange(n_cols + 1), d).astype(np.int32)
             model.passHessian(n_cols, d, _highs.HessianFormat.kTriangular, starts, np.arange(d, dtype=np.int32),
@@ -270,11 +272,3 @@ def _configured_highs() -> "_highs._Highs":
     # lowers the bound, the safe side)
     return model
 
-
-def _load(model: "_highs._Highs", cost: np.ndarray, col_lo: np.ndarray, col_hi: np.ndarray, matrix: sp.csr_matrix,
-          row_lo: np.ndarray, row_hi: np.ndarray) -> None:
-    """Add the columns (cost and bounds) and the rows ``row_lo <= matrix @ cols <= row_hi`` to ``model``."""
-    n_cols = cost.shape[0]
-    model.addCols(n_cols, cost, col_lo, col_hi, 0, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
-    model.addRows(matrix.shape[0], row_lo, row_hi, matrix.nnz, matrix.indptr[:-1].astype(np.int32),
-                  matrix.indices.astype(np.int32), matrix.data)
