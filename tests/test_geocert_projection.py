@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from mistered.certify.geocert import _Search
 from mistered.certify.halfspace import pair_excludes_box
-from mistered.certify.projection import LinfProjector, _least_distance_nnls, distance_lp, project_l2
+from mistered.certify.projection import (LinfProjector, _dual_newton, _interior_point_multipliers,
+                                          _least_distance_nnls, distance_lp, project_l2)
 from _nets import random_box_crossing_net
 
 
@@ -134,3 +135,51 @@ def test_pair_certificate_drops_two_parallel_half_spaces_that_do_not_meet():
     a_k = np.ones(d)
     assert pair_excludes_box(a_k, 2.0, -2 * a_k[None], np.array([-6.0]), lo, hi)  # sum <= 2 and sum >= 3
     assert not pair_excludes_box(a_k, 2.0, -2 * a_k[None], np.array([-2.0]), lo, hi)  # sum <= 2 and sum >= 1
+
+
+def _degenerate_polytope(seed: int, d: int = 60, rank: int = 4, m: int = 30):
+    """A region-like polytope: ``m`` rows in the ``rank``-dimensional row space of a first layer (as every
+    pre-activation of a ReLU region is affine in the first layer's), with ``x0`` outside it."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rank, d))
+    a = rng.standard_normal((m, rank)) @ w
+    x0 = rng.random(d)
+    inside = np.clip(x0 + 0.4 * rng.standard_normal(d), 0.0, 1.0)
+    b = a @ inside + rng.random(m) * np.abs(a).sum(1) * 0.01  # through a point near x0: not empty
+    return a, b, x0, np.zeros(d), np.ones(d)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_l2_projection_of_a_degenerate_polytope_restarts_from_interior_point_multipliers(seed):
+    """The dual Newton method stalls on such duals (~1 in 4 regions of a 784-10-50-10-2 net); from the interior-
+    point solve's multipliers it verifies at once, and the answer is NNLS's."""
+    a, b, x0, lo, hi = _degenerate_polytope(seed)
+    if seed in (3, 5):  # (these two stall from λ = 0)
+        assert _dual_newton(a, b, x0, lo, hi, 200) is None
+    start = _interior_point_multipliers(a, b, x0, lo, hi)
+    x = _dual_newton(a, b, x0, lo, hi, 200, start)
+    assert isinstance(x, np.ndarray)
+    reference = _least_distance_nnls(a, b, x0, lo, hi)
+    assert np.linalg.norm(x - x0) == pytest.approx(np.linalg.norm(reference - x0), rel=1e-6)
+    assert project_l2(a, b, x0, lo, hi)[1] == pytest.approx(np.linalg.norm(reference - x0), rel=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), m=st.integers(1, 12), shrink=st.floats(0.3, 1.5))
+def test_l2_projection_within_a_radius_gives_up_only_beyond_it(seed, m, shrink):
+    d = 12
+    x0, polys = _polytopes(seed, d, 3, m)
+    lo, hi = np.zeros(d), np.ones(d)
+    for a, b in polys:
+        full = project_l2(a, b, x0, lo, hi)
+        if full is None:
+            assert project_l2(a, b, x0, lo, hi, within=1.0) is None
+            continue
+        within = full[1] * shrink
+        result = project_l2(a, b, x0, lo, hi, within=within)
+        if result is None:
+            assert full[1] > within
+        else:
+            assert result[1] == pytest.approx(full[1], rel=1e-9, abs=1e-12)
+        if shrink > 1.0:
+            assert result is not None

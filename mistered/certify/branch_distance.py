@@ -30,8 +30,11 @@ The search, best-first over nodes (a node = some ReLUs fixed active or inactive,
 
 Exactness: every pruning rule compares a valid lower bound with a distance actually attained, the children of a
 node partition it, and a node with every unstable ReLU fixed is a single region, which is projected exactly.
-When the queue holds nothing below the best distance found, that distance is the minimum. Float64 throughout;
-relaxation bounds are taken ``1e-9`` (relative) low against solver tolerances.
+When the queue holds nothing below the best distance found, that distance is the minimum. Float64 throughout.
+Relaxation bounds do not rest on the LP solver's tolerances: each is recomputed from its duals
+(``TriangleRelaxation._dual_bound``) and taken ``1e-9`` (relative) low against rounding. A node whose bound is
+attained within ``1e-7`` (relative; the solvers' accuracy) is closed, and ``lower`` reports that bound: an exact
+result has ``upper`` attained and ``lower`` within ``1e-7`` of it (equal unless such a node was closed).
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from .relaxation_model import TriangleRelaxation
 __all__ = ["branch_and_bound_distance"]
 
 logger = logging.getLogger(__name__)
-_SAFETY = 1e-9  # relative slack on relaxation bounds (solver tolerances)
+_SAFETY = 1e-9  # relative slack on relaxation bounds (they are rigorous up to float64 rounding)
+_ATTAINED = 1e-7  # a node whose bound is within this (relative) of a distance attained in it is closed
 _CUTS_FROM = 100  # L2 inputs of this size or more bound nodes with the cut relaxation instead of the QP
 
 
@@ -99,6 +103,7 @@ def branch_and_bound_distance(
     heap = [(0.0, j, j, np.zeros(n_hidden, np.int8)) for j in range(len(reachable)) if j != c and reachable[j]]
     heapq.heapify(heap)
     counter, n_nodes, n_relaxations, status = len(reachable), 0, 0, None
+    closed = np.inf  # the least bound of a node closed as attained (within _ATTAINED of its bound)
     relax, cut_relax, relax_radius = None, None, np.nan
     use_cuts = norm == "l2" and x0.shape[0] >= _CUTS_FROM and n_hidden > 0
     projected: dict[tuple[int, bytes], float] = {}  # (target, pattern) -> distance of its exact projection
@@ -152,8 +157,9 @@ def branch_and_bound_distance(
         if bound >= limit():
             continue
         if not isinstance(sol, str):
-            if offer((j, _pattern(search, x0 + sol.delta, domain).tobytes())) <= sol.bound * (1 + _SAFETY):
-                continue  # the node's bound is attained: nothing in it is nearer
+            if offer((j, _pattern(search, x0 + sol.delta, domain).tobytes())) <= sol.bound * (1 + _ATTAINED):
+                closed = min(closed, bound)
+                continue  # the node's bound is attained: nothing in it is nearer (than that bound)
         if decision_eps is not None and best <= eps:
             break
         if bound >= limit():
@@ -165,12 +171,12 @@ def branch_and_bound_distance(
             child[k] = side
             heapq.heappush(heap, (bound, counter, j, child))
             counter += 1
-    lower = min(heap[0][0], best) if heap else best
+    lower = min(heap[0][0], best, closed) if heap else min(best, closed)
     if status is None:
         if decision_eps is not None:
             status = "attacked" if best <= eps else "certified"
         else:
-            status, lower = "exact", best
+            status = "exact"
     seconds = time.perf_counter() - start
     logger.debug("branch and bound %s: [%g, %g] %s, %d nodes, %d relaxations, %d projections, %.3fs", norm, lower,
                  best, status, n_nodes, n_relaxations, search.n_solves, seconds)

@@ -204,7 +204,7 @@ class _Search:
         lo, hi = self.box(radius)
         if self.linf_projector is not None:
             return self.linf_projector(a, b, lo, hi)
-        return polytope_distance(self.norm, a, b, self.x0, lo, hi)
+        return polytope_distance(self.norm, a, b, self.x0, lo, hi, within=radius)
 
 
 def start_search(

@@ -23,6 +23,7 @@ Every function returns ``(x, distance)`` or ``None`` when the polytope is empty.
 
 from __future__ import annotations
 
+import clarabel
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog, nnls
@@ -39,14 +40,17 @@ __all__ = ["polytope_distance", "project_l2", "distance_lp", "LinfProjector", "F
 #: Constraint violation accepted as feasible (in the units of ``A x - b``, rows are not normalised).
 FEASIBILITY_TOL = 1e-7
 _GAP_TOL = 1e-12
+_TIGHT = 1e-6  # an interior-point slack below this counts as tight (see _interior_point_multipliers)
 
 
 def polytope_distance(
-    norm: str, A: np.ndarray, b: np.ndarray, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    norm: str, A: np.ndarray, b: np.ndarray, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+    within: float = np.inf,
 ) -> tuple[np.ndarray, float] | None:
-    """The point of ``{A x <= b} ∩ [lo, hi]`` nearest to ``x0`` in ``norm`` ("l1", "l2", "linf") and its distance."""
+    """The point of ``{A x <= b} ∩ [lo, hi]`` nearest to ``x0`` in ``norm`` ("l1", "l2", "linf") and its distance.
+    ``within``: L2 may return ``None`` as soon as its dual proves the distance beyond this (nothing nearer)."""
     if norm == "l2":
-        return project_l2(A, b, x0, lo, hi)
+        return project_l2(A, b, x0, lo, hi, within=within)
     return distance_lp(norm, A, b, x0, lo, hi)
 
 
@@ -183,30 +187,47 @@ def _norm(v: np.ndarray, norm: str) -> float:
 
 
 def project_l2(
-    A: np.ndarray, b: np.ndarray, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_iter: int = 200
+    A: np.ndarray, b: np.ndarray, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_iter: int = 200,
+    within: float = np.inf,
 ) -> tuple[np.ndarray, float] | None:
-    """Exact Euclidean projection of ``x0`` onto ``{A x <= b} ∩ [lo, hi]``, verified by its KKT conditions."""
+    """Exact Euclidean projection of ``x0`` onto ``{A x <= b} ∩ [lo, hi]``, verified by its KKT conditions;
+    ``None`` if the polytope is empty or (weak duality) holds no point within distance ``within`` of ``x0``."""
     if A.shape[0] == 0:
         x = np.clip(x0, lo, hi)
         return x, float(np.linalg.norm(x - x0))
-    outcome = _dual_newton(A, b, x0, lo, hi, max_iter)
+    outcome = _dual_newton(A, b, x0, lo, hi, max_iter, within=within)
+    if outcome is None:  # stalled from λ = 0 (a degenerate dual): again from an interior-point solve's multipliers
+        start = _interior_point_multipliers(A, b, x0, lo, hi)
+        if isinstance(start, str):
+            outcome = "infeasible" if _is_empty(A, b, lo, hi) else None
+        elif start is not None:
+            outcome = _dual_newton(A, b, x0, lo, hi, max_iter, start, within)
     if isinstance(outcome, str):
         return None
     if outcome is None:
         outcome = _least_distance_nnls(A, b, x0, lo, hi)
     if outcome is None or (A @ outcome - b).max() > FEASIBILITY_TOL:
         # NNLS tells emptiness by a residual near zero, which is scale-dependent: an LP settles it.
-        if _linprog(np.zeros(x0.shape[0]), A, b, np.stack([lo, hi], axis=1)) is None:
+        if _is_empty(A, b, lo, hi):
             return None
         raise MisteredError("the L2 projection could not be verified (KKT conditions violated after the NNLS fallback)")
     return outcome, float(np.linalg.norm(outcome - x0))
 
 
-def _dual_newton(A, b, x0, lo, hi, max_iter) -> np.ndarray | str | None:
-    """Projected Newton ascent on the dual; returns the verified primal point, ``"infeasible"`` or ``None``."""
+def _is_empty(A, b, lo, hi) -> bool:
+    """True if ``{A x <= b} ∩ [lo, hi]`` is empty (decided by an LP)."""
+    return _linprog(np.zeros(lo.shape[0]), A, b, np.stack([lo, hi], axis=1)) is None
+
+
+def _dual_newton(A, b, x0, lo, hi, max_iter, lam: np.ndarray | None = None,
+                 within: float = np.inf) -> np.ndarray | str | None:
+    """Projected Newton ascent on the dual from ``lam`` (``(m,)``, default 0); returns the verified primal point,
+    ``"infeasible"`` (nothing within ``within``: the dual passed ``½ within²``, or the primal's bound on the box, so
+    the polytope is empty or farther) or ``None``."""
     m = A.shape[0]
     bound = 0.5 * float(np.sum(np.maximum(x0 - lo, hi - x0) ** 2))  # weak duality: q(λ) <= primal <= bound
-    lam = np.zeros(m)
+    bound = min(bound, 0.5 * within ** 2)
+    lam = np.zeros(m) if lam is None else np.maximum(lam, 0.0)
 
     def evaluate(lam_):
         v_ = x0 - A.T @ lam_
@@ -239,6 +260,37 @@ def _dual_newton(A, b, x0, lo, hi, max_iter) -> np.ndarray | str | None:
             return None
         lam, v, x, g, q = trial, v2, x2, g2, q2
     return None
+
+
+def _interior_point_multipliers(A, b, x0, lo, hi) -> np.ndarray | str | None:
+    """``(m,)`` multipliers of the rows ``A x <= b`` to restart the dual Newton method from, where it stalled from 0:
+    the rows of a region's polytope all lie in the first layer's row space (rank ~10 for 40+ rows on a
+    784-10-50-10-2 net), so its dual is degenerate. Clarabel (interior point, to ~1e-8) finds the projection; the
+    rows it leaves (near) tight and the pixels it leaves inside the box give the KKT system ``G λ = h``, ``λ >= 0``
+    on those rows, solved by NNLS (tens of unknowns): a vertex of the optimal multipliers, where the Newton method
+    verifies at once. ``"infeasible"`` when Clarabel finds the polytope empty, ``None`` if it fails."""
+    d = x0.shape[0]
+    eye = sp.identity(d, format="csc")
+    rows = sp.vstack([sp.csc_matrix(A), eye, -eye], format="csc")
+    settings = clarabel.DefaultSettings()
+    settings.verbose = False
+    solver = clarabel.DefaultSolver(sp.identity(d, format="csc"), -x0, rows, np.concatenate([b, hi, -lo]),
+                                    [clarabel.NonnegativeConeT(rows.shape[0])], settings)
+    solution = solver.solve()
+    if solution.status == clarabel.SolverStatus.PrimalInfeasible:
+        return "infeasible"
+    if solution.status not in (clarabel.SolverStatus.Solved, clarabel.SolverStatus.AlmostSolved):
+        return None
+    x = np.asarray(solution.x)
+    tight = b - A @ x <= _TIGHT * (1.0 + np.abs(b))
+    free = (x > lo + _TIGHT) & (x < hi - _TIGHT)
+    x_fixed = np.where(x - lo < hi - x, lo, hi)[~free]
+    a_free = A[np.ix_(tight, free)]
+    gram = a_free @ a_free.T
+    rhs = a_free @ x0[free] + A[np.ix_(tight, ~free)] @ x_fixed - b[tight]
+    lam = np.zeros(A.shape[0])
+    lam[tight] = nnls(gram, rhs, maxiter=50 * max(1, int(tight.sum())))[0]
+    return lam
 
 
 def _least_distance_nnls(A, b, x0, lo, hi) -> np.ndarray | None:

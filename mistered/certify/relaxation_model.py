@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - depends on the scipy build
 __all__ = ["TriangleRelaxation", "RelaxationSolution", "native_stdout_silenced"]
 
 _QP_ITERATIONS = 5000  # the active-set QP solver can cycle from a warm start: a stalled solve is retried cold
-_DUAL_TOLERANCE = 1e-9  # a dual slack could raise a node's bound above the truth: kept tight
+_DUAL_TOLERANCE = 1e-10  # HiGHS' least: a dual slack lowers the rigorous bound (_dual_bound) by slack x column range
 
 
 @dataclass
@@ -155,6 +155,10 @@ class TriangleRelaxation:
             model.passHessian(n_cols, d, _highs.HessianFormat.kTriangular, starts, np.arange(d, dtype=np.int32),
                               np.full(d, 2.0))
         self._model, self._inf, self._n_cols = model, inf, n_cols
+        reach = np.maximum(np.abs(lo - x0), np.abs(hi - x0))  # |δ_i| can reach this in the box
+        aux_cap = {"linf": reach.max(initial=0.0), "l1": reach, "l2": np.square(reach).sum()}[norm]
+        self._cols_cap = col_hi.copy()  # finite upper bounds that no optimum exceeds (for _dual_bound)
+        self._cols_cap[n_in:n_in + n_aux] = aux_cap
         self._rows = (matrix, row_lo, row_hi, col_lo, col_hi)  # as built (for L2CutRelaxation's Newton steps)
         self._n_base_rows = matrix.shape[0]  # (cuts are appended after these)
         self.splits = np.zeros(n, np.int8)
@@ -196,9 +200,36 @@ class TriangleRelaxation:
         cols = self._run()
         if cols is None or isinstance(cols, str):
             return cols
-        value = max(float(self._model.getObjectiveValue()), 0.0)
+        value = max(self._dual_bound(), 0.0)
         bound = float(np.sqrt(value)) if self.norm == "l2" else value
         return RelaxationSolution(bound, cols[:self.d], self._violation(cols))
+
+    def _dual_bound(self) -> float:
+        """A lower bound on the current model's optimum from the solver's row duals ``λ``, whatever their accuracy
+        (Neumaier & Shcherbina 2004): for every ``λ`` (with the sign of a finite row bound), the optimum is at least
+        ``Σ_r λ_r·(bound of row r) + min over the column box of (cost - Aᵀλ)·x`` (plus ``|δ|²`` for the QP in
+        ``δ``, separable in closed form). Unbounded columns are capped where no optimum reaches (``_cols_cap``).
+        So a node's bound never rests on the solver's tolerances, only on float64 rounding (measured: the
+        primal optimum of the L2 cut LP 8e-7 above the true one on a 30-pixel net)."""
+        model, inf = self._model, self._inf
+        lp = model.getLp()
+        lam = np.asarray(model.getSolution().row_dual)
+        row_lo, row_hi = np.asarray(lp.row_lower_), np.asarray(lp.row_upper_)
+        lam = np.where(lam > 0, np.where(row_lo > -inf, lam, 0.0), np.where(row_hi < inf, lam, 0.0))
+        rows = float(np.where(lam > 0, lam * np.where(row_lo > -inf, row_lo, 0.0),
+                              lam * np.where(row_hi < inf, row_hi, 0.0)).sum())
+        a = lp.a_matrix_
+        shape = (lp.num_row_, lp.num_col_)
+        matrix = (sp.csc_matrix if a.format_ == _highs.MatrixFormat.kColwise else sp.csr_matrix)(
+            (np.asarray(a.value_), np.asarray(a.index_), np.asarray(a.start_)), shape=shape)
+        reduced = np.asarray(lp.col_cost_) - matrix.T @ lam
+        col_lo = np.asarray(lp.col_lower_)
+        col_hi = np.minimum(np.asarray(lp.col_upper_), self._cols_cap)
+        terms = np.minimum(reduced * col_lo, reduced * col_hi)
+        if self.norm == "l2" and not self.cuts:  # min of δ_i² + reduced_i δ_i over [lo_i, hi_i]
+            delta = np.clip(-reduced[:self.d] / 2, col_lo[:self.d], col_hi[:self.d])
+            terms[:self.d] = delta * delta + reduced[:self.d] * delta
+        return rows + float(terms.sum())
 
     def _violation(self, cols: np.ndarray) -> np.ndarray:
         """``(N,)`` ``z - relu(ẑ)`` per unstable ReLU at ``cols`` (0 for stable ones)."""
