@@ -168,6 +168,40 @@ def test_l2_cut_bound_never_exceeds_the_qp_and_reaches_it_when_that_prunes(seed)
     assert compared >= 2
 
 
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_lp_cutoff_stops_above_the_pruning_level_and_never_above_the_optimum(norm):
+    """With ``enough`` below a node's LP optimum the dual simplex stops early, with a (rigorous) bound between the
+    two; with ``enough`` above it the answer is the full solve's."""
+    d = 12
+    net, x = random_box_crossing_net(2, (d, 10, 8, 3)), _point(2, d)
+    net, x0, c, _, _ = start_search(net, x, norm, None, None, (0.0, 1.0))
+    search = _Search(margin_net(net, c), x0, norm, (0.0, 1.0))
+    search.shrink(0.8 if norm == "l1" else 0.3)
+    relax = _relaxation(search, x0, norm, c)
+    rng = np.random.default_rng(0)
+    nodes = []
+    for trial in range(16):
+        target = [k for k in range(3) if k != c][trial % 2]
+        splits = np.where(rng.random(relax.n_hidden) < 0.3, rng.choice([-1, 1], relax.n_hidden), 0).astype(np.int8)
+        if not relax.contradicts(splits):
+            relax.set_node(splits, target)
+            full = relax.solve()
+            if full is not None and not isinstance(full, str) and full.bound > 1e-6:
+                nodes.append((splits, target, full))
+    assert len(nodes) >= 4
+    stopped = 0
+    for splits, target, full in nodes:  # (each from the previous node's basis, as in the search)
+        relax.set_node(splits, target)
+        early = relax.solve(0.5 * full.bound)
+        assert 0.5 * full.bound <= early.bound <= full.bound * (1 + 1e-7)
+        stopped += not early.delta.any()  # (a stopped solve has only its bound)
+    assert stopped >= 1
+    for splits, target, full in nodes:
+        relax.set_node(splits, target)
+        late = relax.solve(2.0 * full.bound)
+        assert late.bound == pytest.approx(full.bound, rel=1e-9)
+
+
 def test_l2_on_a_large_input_bounds_nodes_with_cuts_and_stays_exact():
     net, x0 = random_box_crossing_net(8, (120, 6, 6, 3)), _point(8, 120)
     exact, result = geocert(net, x0, norm="l2"), branch_and_bound_distance(net, x0, norm="l2")

@@ -150,7 +150,7 @@ def branch_and_bound_distance(
         if sol is None:
             relax.set_node(splits, j)
             n_relaxations += 1
-            sol = relax.solve()
+            sol = relax.solve(limit())
         if sol is None:
             continue
         bound = key if isinstance(sol, str) else max(key, sol.bound * (1 - _SAFETY))

@@ -128,6 +128,7 @@ class L2CutRelaxation(TriangleRelaxation):
         reach = self._l2.support(u) + u @ self._l2.c  # max of u·y over the reachable y
         if u @ y > reach + 1e-9 * (1.0 + abs(reach)):
             kept, loosen, scale = self._for_highs(u)
+            self._transposed = None
             self._model.addRows(1, np.array([-self._inf]), np.array([scale * (reach + loosen)]), u.size,
                                 np.zeros(1, np.int32), self._l2_cols[1:], scale * kept)
             self._newton.add_row(self._l2_cols[1:], u, -np.inf, reach)
@@ -191,6 +192,7 @@ class L2CutRelaxation(TriangleRelaxation):
     def _add_cut(self, mu: np.ndarray, offset: float) -> None:
         """Add the cut ``s - μ·y >= offset`` (it holds for every node; see :meth:`_forget_slack_cuts`)."""
         kept, loosen, scale = self._for_highs(mu)  # (as the row -s + μ·y <= -offset)
+        self._transposed = None
         self._model.addRows(1, np.array([scale * (offset - loosen)]), np.array([self._inf]), self._l2_cols.size,
                             np.zeros(1, np.int32), self._l2_cols, scale * np.concatenate([[1.0], -kept]))
 
@@ -228,6 +230,7 @@ class L2CutRelaxation(TriangleRelaxation):
         slack = np.minimum(activity - row_lo, row_hi - activity)
         drop = self._n_base_rows + np.flatnonzero(slack > 1e-9 * (1.0 + np.abs(activity)))
         if drop.size:
+            self._transposed = None
             model.deleteRows(drop.size, drop.astype(np.int32))  # (basic rows: the basis stays valid)
 
 
