@@ -6,7 +6,7 @@ time (HiGHS: 0.3-0.6 s per node). Only the first layer sees ``δ``, through ``y 
 value is ``min φ(y)`` over the node's polytope in the hidden units, where
 ``φ(y) = min {|δ|² : W₁ δ + c = y, δ in the box}`` (:class:`FirstLayerDistance`) is convex and every dual vector
 gives a cut on it valid for every node. :class:`L2CutRelaxation` bounds a node by an LP over the hidden units with
-a shared pool of such cuts (every LP optimum is a valid bound) and tightens it by Newton steps on ``φ`` (small QPs
+a shared pool of such cuts (every LP's dual bound is a valid bound) and tightens it by Newton steps on ``φ`` (small QPs
 over the hidden units, :class:`~mistered.certify.polytope_qp.PolytopeQP`): at the relaxation's optimum ``y*`` the
 tangent cut alone makes the LP exact. ~12 ms per node on the MNIST nets of ``benchmarks/geocert_speed.py``.
 
@@ -70,7 +70,8 @@ class L2CutRelaxation(TriangleRelaxation):
             self._newton.row_lo[index], self._newton.row_hi[index] = new_lo, new_hi
 
     def solve(self, enough: float = np.inf) -> RelaxationSolution | str | None:
-        """The node's L2 bound from the LP with cuts on ``φ``: every LP optimum ``s`` is a valid bound on ``|δ|²``.
+        """The node's L2 bound from the LP with cuts on ``φ``: every LP's optimum ``s`` bounds ``|δ|²``; the bound
+        returned is the last LP's, recomputed from its duals (``_dual_bound``), so solver tolerances cannot lift it.
 
         Each round evaluates ``φ`` exactly at the LP's first-layer point ``y`` (the dual of :class:`FirstLayerDistance`,
         whose ``δ`` gives an attained value ``|δ|²``) and cuts there (Kelley). If no displacement in the box reaches

@@ -13,9 +13,11 @@
   so we solve its dual ``max_{λ >= 0} min_{lo <= x <= hi} ½|x - x0|² + λᵀ(A x - b)`` by a projected Newton method
   (finite on this piecewise-quadratic dual), recover ``x = clip(x0 - Aᵀλ, lo, hi)`` (stationarity holds by
   construction) and **verify** primal feasibility, dual feasibility and complementary slackness (so a zero duality
-  gap) to tolerance. If verification fails, the problem is re-solved as a least-distance program by Lawson-Hanson
-  NNLS (exact, finite active set, slower) and verified again; when that point is infeasible too, an LP decides
-  whether the polytope is empty (``None``) or the projection failed (an error).
+  gap) to tolerance. Where the Newton method stalls (a degenerate dual: a ReLU region's rows all lie in the first
+  layer's row space), it restarts from multipliers that an interior-point solve (Clarabel) and NNLS on its tight
+  rows provide, and verifies again. If that fails too, the problem is re-solved as a least-distance program by
+  Lawson-Hanson NNLS (exact, finite active set, slower) and verified again; when that point is infeasible too, an
+  LP decides whether the polytope is empty (``None``) or the projection failed (an error).
 
 All arrays are float64 numpy; ``x0`` has shape ``(d,)``, ``A`` ``(m, d)``, ``b`` ``(m,)``, ``lo``/``hi`` ``(d,)``.
 Every function returns ``(x, distance)`` or ``None`` when the polytope is empty.
