@@ -157,7 +157,9 @@ def main() -> None:
         f"Exact minimal adversarial distance. Machine: {machine_description()}. Command: `{command}`.",
         f"First {args.digits} correctly classified test digits per network; time limit {args.time_limit:g} s per "
         "example and method (a timeout counts as the limit). Times include the closed-form boundary search that "
-        "seeds every method. branch = branch and bound over ReLU splits: HiGHS LP relaxations in L∞, in L2 an LP over the hidden units with cuts on the first layer's distance (bounds from duals; CROWN over box ∩ ball). MIP: SCIP via OR-Tools (cuts off; big-M from CROWN bounds over the seed's "
+        "seeds every method. branch = branch and bound over ReLU splits: HiGHS LP relaxations in L∞, in L2 an LP "
+        "over the hidden units with cuts on the first layer's distance (bounds from duals; CROWN over box ∩ ball). "
+        "MIP: SCIP via OR-Tools (cuts off; big-M from CROWN bounds over the seed's "
         "L∞ box; targets ruled out by those bounds skipped), L∞ only (L2 would need a MIQP).",
         "",
         *table,

@@ -16,10 +16,11 @@ The search, best-first over nodes (a node = some ReLUs fixed active or inactive,
 * a node's bound is the optimum of its triangle relaxation (:class:`~mistered.certify.relaxation_model.
   TriangleRelaxation`: an LP for L1/L∞, a QP with Hessian ``2 I`` for L2, solved by HiGHS from the last basis):
   a lower bound on the distance of every adversarial point of the node; nodes at or beyond the upper bound are
-  pruned (an LP stops as soon as its bound passes the upper bound: HiGHS' ``objective_bound``). In L2 on large inputs (>= 100) the bound comes instead from an LP over the hidden units with cuts on
-  the first layer's distance function, tightened by Newton steps until it prunes the node or the relaxation is
-  shown unable to (``L2CutRelaxation``; ~25x cheaper per node than the 784-D QP, which is kept
-  for a node whose LP fails numerically);
+  pruned (an LP stops as soon as its bound passes the upper bound: HiGHS' ``objective_bound``). In L2 on large
+  inputs (>= 100) the bound comes instead from an LP over the hidden units with cuts on the first layer's
+  distance function, tightened by Newton steps until it prunes the node or the relaxation is shown unable to
+  (``L2CutRelaxation``; ~25x cheaper per node than the 784-D QP, which is kept for a node whose LP fails
+  numerically);
 * a leaf (every unstable ReLU split) is one linear region: its exact projection is its exact distance;
 * upper bounds: at every node, the exact projection (:mod:`mistered.certify.projection`, as GeoCert) onto the
   linear region of the network's true activation pattern at the relaxation's optimum, intersected with
