@@ -88,7 +88,7 @@ def test_iterate_batches_respects_the_batch_size():
 
 def test_unknown_dataset_name_lists_the_valid_names():
     with pytest.raises(InvalidInputError, match="mnist-5k.*fashion-mnist.*cifar10"):
-        load_dataset("svhn")
+        load_dataset("imagenet")
 
 
 def test_unknown_split_is_refused():

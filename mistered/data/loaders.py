@@ -1,116 +1,99 @@
-"""``load_dataset``: the bundled MNIST subset, Debian's Fashion-MNIST and torchvision's loaders.
+"""``load_dataset``: one entry point for every data source (a name, an image folder, an ``.npz``, a ``.pt``).
 
-Names: ``"mnist-5k"`` (bundled, offline, the default), ``"fashion-mnist"``, ``"mnist"``, ``"cifar10"``.
+Names: ``"mnist-5k"`` (bundled, offline, the default), ``"fashion-mnist"`` (Debian package or torchvision),
+``"mnist"``, ``"cifar10"``, ``"cifar100"``, ``"svhn"`` (torchvision). Anything else is a path.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable
-from importlib import resources
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from .._compat import import_torchvision
 from ..errors import DatasetNotFoundError, InvalidInputError
-from .idx import read_idx
-from .labeled import LabeledImages
+from .bundled import DEBIAN_FASHION_MNIST, load_fashion_mnist, load_mnist_5k
+from .dataset import SPLITS, LabeledDataset
+from .imagefolder import load_image_folder
+from .npz import load_npz
+from .pt import load_pt
+from .resize import Resized, image_size_tuple
+from .torchvision_data import TORCHVISION, default_root, load_torchvision
 
-__all__ = ["DATASETS", "SPLITS", "DEBIAN_FASHION_MNIST", "default_root", "load_dataset"]
+__all__ = ["DATASETS", "SPLITS", "DEBIAN_FASHION_MNIST", "FILE_LOADERS", "default_root", "load_dataset"]
 
-logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-_DEBIAN_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+def _torchvision(name: str) -> Callable[[str, Path | None, bool], LabeledDataset]:
+    return lambda split, root, download: load_torchvision(name, split, root, download)
+
+
+DATASETS: dict[str, Callable[[str, Path | None, bool], LabeledDataset]] = {
+    "mnist-5k": load_mnist_5k,
+    "fashion-mnist": load_fashion_mnist,
+    **{name: _torchvision(name) for name in TORCHVISION if name != "fashion-mnist"},
 }
+FILE_LOADERS = {".npz": load_npz, ".pt": load_pt, ".pth": load_pt}
 
 
-def default_root() -> Path:
-    """Where torchvision datasets live: ``$MISTERED_DATA`` or ``~/.cache/mistered/data``."""
-    return Path(os.environ.get("MISTERED_DATA") or Path.home() / ".cache" / "mistered" / "data")
-
-
-def _from_uint8(images: np.ndarray | torch.Tensor, labels, name: str) -> LabeledImages:
-    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` pixels and integer labels -> :class:`LabeledImages`."""
-    x = torch.as_tensor(np.asarray(images))
-    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    return LabeledImages(x.float().div_(255.0).contiguous(), y, 10, name)
-
-
-def _mnist_5k(split: str, root: Path | None, download: bool) -> LabeledImages:
-    asset = resources.files("mistered.data") / "assets" / "mnist_5k.npz"
-    with resources.as_file(asset) as path, np.load(path) as archive:
-        index = archive[f"{split}_idx"].astype(np.int64)
-        return _from_uint8(archive["images"][index], archive["labels"][index], f"mnist-5k/{split}")
-
-
-def _torchvision(cls_name: str, name: str, hint: str) -> Callable[[str, Path | None, bool], LabeledImages]:
-    def load(split: str, root: Path | None, download: bool) -> LabeledImages:
-        root = root or default_root()
-        datasets = import_torchvision().datasets
-        try:
-            dataset = getattr(datasets, cls_name)(str(root), train=split == "train", download=download)
-        except RuntimeError as error:
-            raise DatasetNotFoundError(
-                f"{name} ({split}) was not found under {str(root)!r} ({error}); pass download=True "
-                f"(CLI: --download) with internet access, or put the torchvision files there{hint}"
-            ) from None
-        except OSError as error:
-            raise DatasetNotFoundError(f"{name} could not be downloaded to {str(root)!r}: {error}") from None
-        return _from_uint8(dataset.data, dataset.targets, f"{name}/{split}")
-
-    return load
-
-
-def _fashion_mnist(split: str, root: Path | None, download: bool) -> LabeledImages:
-    files = [DEBIAN_FASHION_MNIST / f for f in _DEBIAN_FILES[split]]
-    if root is None and all(f.is_file() for f in files):
-        logger.info("loading Fashion-MNIST (%s) from %s", split, DEBIAN_FASHION_MNIST)
-        return _from_uint8(read_idx(files[0]), read_idx(files[1]), f"fashion-mnist/{split}")
-    hint = f", or install it offline with `apt-get install dataset-fashion-mnist` (files in {DEBIAN_FASHION_MNIST})"
-    return _torchvision("FashionMNIST", "fashion-mnist", hint)(split, root, download)
-
-
-DATASETS: dict[str, Callable[[str, Path | None, bool], LabeledImages]] = {
-    "mnist-5k": _mnist_5k,
-    "fashion-mnist": _fashion_mnist,
-    "mnist": _torchvision("MNIST", "mnist", ""),
-    "cifar10": _torchvision("CIFAR10", "cifar10", ""),
-}
+def _load_path(spec: str, split: str, image_size: tuple[int, int] | None) -> LabeledDataset:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return load_image_folder(path, split, spec, image_size)
+    kinds = f"a name ({', '.join(DATASETS)}), an image folder, or an .npz, .pt or .pth file"
+    if path.suffix.lower() in FILE_LOADERS and path.is_file():
+        return FILE_LOADERS[path.suffix.lower()](path, split, spec)
+    if path.exists():
+        raise InvalidInputError(f"cannot read {spec!r} as data: give {kinds}")
+    if "/" in spec or os.sep in spec or path.suffix:
+        raise DatasetNotFoundError(f"{spec!r} does not exist; give {kinds}")
+    raise InvalidInputError(f"unknown dataset {spec!r}; give {kinds}")
 
 
 def load_dataset(
-    name: str = "mnist-5k", split: str = "test", root: str | os.PathLike | None = None, download: bool = False
-) -> LabeledImages:
-    """Load a labelled image dataset into memory.
+    source: str | os.PathLike = "mnist-5k",
+    split: str = "test",
+    *,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    image_size: int | Sequence[int] | None = None,
+) -> LabeledDataset:
+    """Load a labelled image dataset from a name or a path; images are read when a batch asks for them.
 
     Args:
-        name: ``"mnist-5k"`` (5,000 real MNIST digits bundled with the package: a fixed stratified split
-            of 4,000 train / 1,000 test digits, ordered so that every block of 10 holds each class once),
+        source: a name: ``"mnist-5k"`` (5,000 real MNIST digits bundled with the package: a fixed stratified
+            split of 4,000 train / 1,000 test digits, every block of 10 holding each class once),
             ``"fashion-mnist"`` (from ``/usr/share/datasets/fashion-mnist`` when the Debian package
-            ``dataset-fashion-mnist`` is installed and ``root`` is not given, else torchvision),
-            ``"mnist"``, ``"cifar10"`` (torchvision).
-        split: ``"train"`` or ``"test"``.
+            ``dataset-fashion-mnist`` is installed and ``root`` is not given, else torchvision), ``"mnist"``,
+            ``"cifar10"``, ``"cifar100"``, ``"svhn"`` (torchvision); or a path: an image folder
+            (``root/<class>/<image>``, optionally split into ``train/`` and ``test/``), an ``.npz`` or a
+            ``.pt``/``.pth`` file of images and labels. A name wins over a folder of that name (write ``./name``).
+        split: ``"train"`` or ``"test"``. A folder or file without splits is one split (``source.notes`` says so).
         root: folder of torchvision datasets; default ``$MISTERED_DATA`` or ``~/.cache/mistered/data``.
         download: let torchvision download missing files (needs internet). Never done unless asked.
+        image_size: ``N`` or ``(H, W)``: resize every image (bilinear, antialiased) as it is read; required
+            for an image folder whose images differ in size.
 
     Returns:
-        :class:`LabeledImages` with float32 images ``(N, C, H, W)`` in ``[0, 1]`` (``C=1, H=W=28`` for the
-        MNIST family, ``C=3, H=W=32`` for CIFAR-10) and int64 labels ``(N,)``.
+        a :class:`LabeledDataset`: ``dataset[i]`` is float32 ``(C, H, W)`` in ``[0, 1]`` and an int label;
+        ``dataset.labels`` int64 ``(N,)``; ``dataset.source.notes`` says how the data were read. The bundled
+        ``mnist-5k`` and Debian's Fashion-MNIST are :class:`~mistered.data.LabeledImages` (in memory, with
+        ``.images``) unless resized.
 
     Raises:
-        InvalidInputError: unknown name or split (the message lists the valid ones).
+        InvalidInputError: unknown name or split, a file that cannot be used (the message says why).
         DatasetNotFoundError: the data are not on this machine (the message says how to get them).
     """
-    if name not in DATASETS:
-        raise InvalidInputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    spec = os.fspath(source)
     if split not in SPLITS:
-        raise InvalidInputError(f"unknown split {split!r} for dataset {name!r}; choose 'train' or 'test'")
-    return DATASETS[name](split, Path(root) if root is not None else None, download)
+        raise InvalidInputError(f"unknown split {split!r} for dataset {spec!r}; choose 'train' or 'test'")
+    size = image_size_tuple(image_size)
+    if spec in DATASETS:
+        dataset = DATASETS[spec](split, Path(root) if root is not None else None, download)
+    elif root is not None:
+        raise InvalidInputError(
+            f"root is only used with torchvision names ({', '.join(TORCHVISION)}), not with {spec!r}"
+        )
+    else:
+        dataset = _load_path(spec, split, size)
+    if size is not None and tuple(dataset.sample_shape[1:]) != size:
+        dataset = Resized(dataset, size)
+    return dataset
