@@ -3,7 +3,9 @@
 Subclasses implement only :meth:`Attack._search` (optimise one perturbation in place). The public
 :meth:`Attack.attack` fixes everything else for every attack:
 
-* inputs are validated (shape, channel count, NaN, range, labels);
+* inputs are validated by :func:`~mistered.validation.check_batch` (shape, channel count, NaN, range; labels of
+  any integer dtype become int64; images are cast to the model's dtype) and the labels (and targets) checked
+  against the width ``K`` of the clean logits; an empty batch gives an empty result;
 * the model runs in eval mode with its parameters frozen (``requires_grad=False``) for the duration,
   so searches get gradients w.r.t. perturbation parameters only (restored afterwards);
 * the search runs for each of ``threat.alternatives()`` (a ``Union`` has several) and ``restarts``
@@ -28,7 +30,7 @@ from torch import nn
 from ..device import resolve_device
 from ..errors import InvalidInputError
 from ..threats.base import Perturbation, Threat
-from ..validation import check_images, check_labels
+from ..validation import check_batch, check_images, check_labels, check_logits, model_device, model_dtype
 from .losses import LossFn, get_loss
 from .result import LP_DISTANCES, AttackResult, measure_distances
 
@@ -63,9 +65,10 @@ def model_input_check(model: nn.Module, x: torch.Tensor) -> None:
             check_images(x, channels=module.in_channels)
             return
         if isinstance(module, nn.Linear):
-            if x[0].numel() != module.in_features:
+            values = x.shape[1:].numel()
+            if values != module.in_features:
                 raise InvalidInputError(
-                    f"images of shape {tuple(x.shape)} have {x[0].numel()} values each but the model's first "
+                    f"images of shape {tuple(x.shape)} have {values} values each but the model's first "
                     f"Linear layer takes {module.in_features}; use data of the shape the model was trained on"
                 )
             return
@@ -141,11 +144,7 @@ class Attack(abc.ABC):
             metric = getattr(threat, "metric", None)
             distances = LP_DISTANCES + ((metric,) if isinstance(metric, str) and metric not in LP_DISTANCES else ())
         self.distances = tuple(distances)
-        if device is None:
-            param = next(model.parameters(), None)
-            self.device = param.device if param is not None else torch.device("cpu")
-        else:
-            self.device = resolve_device(device)
+        self.device = model_device(model) if device is None else resolve_device(device)
 
     # -- what subclasses implement -------------------------------------------------------------------
     @abc.abstractmethod
@@ -179,14 +178,10 @@ class Attack(abc.ABC):
         With ``target`` ``(B,)`` the attack is targeted: success means predicting ``target``.
         """
         start = time.perf_counter()
-        check_images(x)
+        x, y = check_batch(x, y, dtype=model_dtype(self.model), device=self.device)
         model_input_check(self.model, x)
-        check_labels(y, x.shape[0])
-        if target is not None:
-            check_labels(target, x.shape[0])
-        x, y = x.to(self.device), y.to(self.device)
         targeted = target is not None
-        goal = target.to(self.device) if targeted else y
+        goal = check_labels(target, x.shape[0], name="target labels").to(self.device) if targeted else y
         loss_fn = get_loss(self.loss_name, targeted)
         with attack_mode(self.model):
             try:
@@ -194,7 +189,9 @@ class Attack(abc.ABC):
             except RuntimeError as error:
                 first = str(error).strip().splitlines()[0]
                 raise InvalidInputError(f"the model cannot take images of shape {tuple(x.shape)}: {first}") from None
-            check_labels(goal, x.shape[0], num_classes=clean_logits.shape[1])
+            num_classes = check_logits(clean_logits, y)
+            if targeted:
+                check_labels(goal, x.shape[0], num_classes, name="target labels")
             best = _Best(x, clean_logits, self.succeeded(clean_logits, goal, targeted), loss_fn(clean_logits, goal))
             generator = torch.Generator(device=x.device)
             generator.manual_seed(self.seed)

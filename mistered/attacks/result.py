@@ -19,9 +19,12 @@ def measure_distances(x: torch.Tensor, x_adv: torch.Tensor, names: tuple[str, ..
     """Per-example distances between ``x`` and ``x_adv`` (both ``(B, C, H, W)`` in ``[0, 1]``).
 
     ``"linf"`` and ``"l2"`` are pixel-space norms of ``x_adv - x``; any other name (``"lpips"``,
-    ``"ssim"``) is computed by :func:`mistered.metrics.distance`. Returns ``{name: (B,) tensor}``.
+    ``"ssim"``) is computed by :func:`mistered.metrics.distance`. Returns ``{name: (B,) tensor}`` (empty
+    tensors for an empty batch, without loading any metric).
     """
     diff = (x_adv - x).flatten(1)
+    if diff.shape[0] == 0:
+        return {name: diff.new_zeros(0) for name in names}
     out: dict[str, torch.Tensor] = {}
     for name in names:
         if name == "linf":

@@ -44,11 +44,12 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..validation import check_batch, check_inputs, check_logits, check_nonnegative
 from .boundary_search import boundary_search
 from .certificate import Certificate
 from .halfspace import halfspace_projection, pair_excludes_box
 from .linear_bounds import search_region_bounds
-from .plnet import PiecewiseLinearNet
+from .plnet import PiecewiseLinearNet, as_plnet
 from .projection import LinfProjector, polytope_distance
 
 __all__ = ["GeoCertResult", "geocert", "certify_geocert", "start_search", "NORMS", "SEARCHES", "AUTO_SEARCH"]
@@ -208,22 +209,22 @@ class _Search:
 
 
 def start_search(
-    net: PiecewiseLinearNet,
+    net: PiecewiseLinearNet | torch.nn.Module,
     x: torch.Tensor,
     norm: str,
     upper_bound: float | None,
     x_adv: torch.Tensor | None,
     domain: tuple[float, float],
 ) -> tuple[PiecewiseLinearNet, np.ndarray, int, float, np.ndarray | None]:
-    """The common start of an exact distance search: validates ``norm`` and ``x`` (inside ``domain``) and returns
-    the float64 net, ``x0`` ``(d,)``, its class ``c``, and the seed: the best upper bound (``upper_bound``, or the
-    distance of ``x_adv`` if that is misclassified, in the domain and nearer) with its point (or ``None``)."""
+    """The common start of an exact distance search: validates ``norm`` and ``x`` (finite, inside ``domain``) and
+    returns the float64 net (an ``nn.Module`` is converted for inputs of ``x``'s shape), ``x0`` ``(d,)``, its class
+    ``c``, and the seed: the best upper bound (``upper_bound``, or the distance of ``x_adv`` if that is
+    misclassified, in the domain and nearer) with its point (or ``None``)."""
     if norm not in NORMS:
         raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
-    net = net.to(torch.float64)
+    check_inputs(x[None] if isinstance(x, torch.Tensor) else x, images=False, domain=domain, name="x")
+    net = as_plnet(net, tuple(x.shape)).to(torch.float64)
     x0 = net.flatten_input(x.reshape(1, -1))[0].cpu().numpy()
-    if (x0 < domain[0]).any() or (x0 > domain[1]).any():
-        raise InvalidInputError(f"x must lie in the domain {domain}, got values in [{x0.min():.4g}, {x0.max():.4g}]")
     c = int(net(torch.as_tensor(x0)[None])[0].argmax())
     best, best_x = (np.inf if upper_bound is None else float(upper_bound)), None
     if x_adv is not None:
@@ -236,7 +237,7 @@ def start_search(
 
 
 def geocert(
-    net: PiecewiseLinearNet,
+    net: PiecewiseLinearNet | torch.nn.Module,
     x: torch.Tensor,
     norm: str = "l2",
     time_limit: float | None = None,
@@ -248,8 +249,9 @@ def geocert(
     """Exact minimal adversarial distance of one input ``x`` (``input_shape`` or flat ``(d,)``) in ``norm``.
 
     Args:
-        net: the network in piecewise-linear form (cast to float64 internally for the solves).
-        x: one input inside ``domain``; its predicted class ``c`` is the one to keep.
+        net: the network in piecewise-linear form (cast to float64 internally for the solves), or an ``nn.Module``
+            converted for inputs of ``x``'s shape.
+        x: one input inside ``domain`` (finite); its predicted class ``c`` is the one to keep.
         norm: "l1", "l2" or "linf".
         time_limit: seconds; when reached, returns the current bounds with status ``timeout``.
         decision_eps: decision mode: stop as soon as an adversarial point within ``eps`` is found (``attacked``)
@@ -350,7 +352,8 @@ def certify_geocert(
     seed_search: bool = True,
     search: str = "auto",
 ) -> Certificate:
-    """GeoCert on a batch: ``x`` ``(B, *input_shape)`` in [0, 1], labels ``y`` ``(B,)``; ``time_limit`` per example.
+    """GeoCert on a batch: ``x`` ``(B, *input_shape)`` in [0, 1], labels ``y`` ``(B,)`` in ``[0, K)``; ``time_limit``
+    per example. The batch is validated by :func:`~mistered.validation.check_batch`; the search runs in float64.
 
     Misclassified examples get radius 0 and status ``misclassified`` without a search; the others ``exact``
     (radius = upper) or ``timeout`` (radius = the anytime lower bound). Each search is seeded with the nearer of
@@ -368,15 +371,21 @@ def certify_geocert(
         raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
     if search not in SEARCHES:
         raise InvalidInputError(f"search must be one of {SEARCHES}, got {search!r}")
+    if time_limit is not None:
+        check_nonnegative(time_limit, "time_limit")
+    x, y = check_batch(x, y, images=False)
+    if x_adv is not None and (check_inputs(x_adv, images=False, name="x_adv").shape != x.shape):
+        raise InvalidInputError(f"x_adv must have the shape of x, {tuple(x.shape)}, got {tuple(x_adv.shape)}")
     from .branch_distance import branch_and_bound_distance  # here: that module builds on this one
 
     search = AUTO_SEARCH[norm] if search == "auto" else search
     solve = geocert if search == "regions" else branch_and_bound_distance
     start = time.perf_counter()
-    net = model if isinstance(model, PiecewiseLinearNet) else PiecewiseLinearNet.from_module(model, tuple(x.shape[1:]))
-    net = net.to(torch.float64)
+    net = as_plnet(model, tuple(x.shape[1:])).to(torch.float64)
     flat = net.flatten_input(x.cpu() if net.device.type == "cpu" else x).to(net.device)
-    preds = net(flat).argmax(1).cpu()
+    logits = net(flat)
+    check_logits(logits, y.to(logits.device), what="the network")
+    preds = logits.argmax(1).cpu()
     seeds = [x_adv[i].reshape(-1).to(flat) if x_adv is not None else None for i in range(len(flat))]
     seed_dist = [_dist(seed - xi, norm) if seed is not None else float("inf") for seed, xi in zip(seeds, flat)]
     if seed_search and len(flat):

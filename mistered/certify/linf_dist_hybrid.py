@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, UnsupportedLayerError
-from ..validation import check_images, check_labels
+from ..validation import check_batch, describe_model, model_device, model_dtype
 from .certificate import Certificate
 from .interval import interval_bounds
 from .linf_dist import LinfDistLinear
@@ -93,9 +93,15 @@ def _check_hybrid(model: nn.Module) -> LinfDistHybrid:
     if not isinstance(model, LinfDistHybrid):
         raise UnsupportedLayerError(
             f"hybrid L∞-dist certification needs a hybrid L∞-dist net (architecture 'linf-dist-hybrid'), "
-            f"got {type(model).__name__}"
+            f"got {describe_model(model)}"
         )
     return model
+
+
+def _check_batch(model: LinfDistHybrid, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~mistered.validation.check_batch` with the model's class count, dtype and device."""
+    return check_batch(x, y, num_classes=model.head[-1].out_features, dtype=model_dtype(model),
+                       device=model_device(model))
 
 
 def head_net(model: LinfDistHybrid) -> PiecewiseLinearNet:
@@ -162,8 +168,7 @@ def hybrid_margin_lower_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     A positive value proves that no input in the ball is classified other than ``y``.
     """
     model = _check_hybrid(model)
-    check_images(x)
-    check_labels(y, x.shape[0])
+    x, y = _check_batch(model, x, y)
     eps_t = _check_eps(eps, x)
     with _certification_mode(model):
         return _margin_bound(model, model.backbone(x), y, eps_t)
@@ -184,8 +189,7 @@ def certify_linf_dist_hybrid(
         InvalidInputError: ``bisection_steps < 1`` or ``upper <= 0``.
     """
     model = _check_hybrid(model)
-    check_images(x)
-    check_labels(y, x.shape[0])
+    x, y = _check_batch(model, x, y)
     if int(bisection_steps) != bisection_steps or bisection_steps < 1:
         raise InvalidInputError(f"bisection_steps must be a positive integer, got {bisection_steps}")
     if not (math.isfinite(upper) and upper > 0):

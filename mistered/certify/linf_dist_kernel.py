@@ -67,7 +67,7 @@ def _max_abs_diff(x: torch.Tensor, weight: torch.Tensor, chunk_elements: int, wi
     """:func:`_max_abs_diff_block` over row blocks small enough that a chunk covers at least 8 input coordinates."""
     batch, out = x.shape[0], weight.shape[0]
     rows = max(1, min(batch, chunk_elements // (8 * out)))
-    if rows == batch:
+    if rows >= batch:  # one block (also an empty batch)
         return _max_abs_diff_block(x, weight, chunk_elements, with_index)
     parts = [_max_abs_diff_block(x[r : r + rows], weight, chunk_elements, with_index) for r in range(0, batch, rows)]
     values = torch.cat([v for v, _ in parts])

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, UnsupportedLayerError
-from ..validation import check_images, check_labels
+from ..validation import check_batch, check_logits, describe_model, model_device, model_dtype
 from .certificate import Certificate
 from .linf_dist import LinfDistLinear
 
@@ -146,7 +146,8 @@ def linf_dist_radius(raw: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def certify_linf_dist(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Certificate:
-    """Certify an L∞-dist net on ``x`` ``(B, C, H, W)`` in ``[0, 1]`` with labels ``y`` ``(B,)``: radius ``margin / 2``.
+    """Certify an L∞-dist net on ``x`` ``(B, C, H, W)`` in ``[0, 1]`` with labels ``y`` ``(B,)`` in ``[0, K)``: radius
+    ``margin / 2``. The batch is validated by :func:`~mistered.validation.check_batch` (cast to the model's dtype).
 
     The model is evaluated in eval mode with ``p = inf`` (its state is restored after). Misclassified
     examples get radius 0.
@@ -163,14 +164,14 @@ def certify_linf_dist(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Cer
         return certify_linf_dist_hybrid(model, x, y)
     if not isinstance(model, LinfDistNet):
         raise UnsupportedLayerError(
-            f"L∞-dist certification needs an L∞-dist net (architecture 'linf-dist-net'), got {type(model).__name__}: "
+            f"L∞-dist certification needs an L∞-dist net (architecture 'linf-dist-net'), got {describe_model(model)}: "
             "only networks built from L∞-dist neurons are 1-Lipschitz in L∞; use --method lmt for other models"
         )
-    check_images(x)
-    check_labels(y, x.shape[0])
+    x, y = check_batch(x, y, dtype=model_dtype(model), device=model_device(model))
     with _certification_mode(model):
         start = time.perf_counter()
         raw = model.raw(x)
+        check_logits(raw, y)
         radius = linf_dist_radius(raw)
         seconds = time.perf_counter() - start
     return Certificate.from_radii("linf-dist", "linf", radius, raw.argmax(dim=1), y, seconds)

@@ -34,8 +34,9 @@ from torch import nn
 
 from ..errors import UnsupportedLayerError
 from ..models.normalized import Normalized
+from ..validation import check_layered_model, model_device
 
-__all__ = ["LipschitzBound", "Residual", "operator_norm", "lipschitz_bound"]
+__all__ = ["LipschitzBound", "Residual", "operator_norm", "lipschitz_bound", "check_bounded_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,12 @@ _CONSTANT_LAYERS: dict[type, Callable[[nn.Module], float]] = {
 _SUPPORTED = "Linear, Conv2d, BatchNorm1d/2d, AvgPool2d, AdaptiveAvgPool2d, MaxPool2d, Sequential, Residual, " + ", ".join(
     t.__name__ for t in _CONSTANT_LAYERS
 )
+
+
+def check_bounded_model(model: object) -> nn.Module:
+    """Refuse (:class:`~mistered.errors.UnsupportedLayerError`) a model whose layers cannot be read: not an
+    ``nn.Module``, or a TorchScript / ``torch.fx`` one. :class:`LipschitzBound` names unsupported layers."""
+    return check_layered_model(model, "LMT", f"layers with a known Lipschitz bound ({_SUPPORTED})")
 
 
 class Residual(nn.Module):
@@ -215,6 +222,7 @@ class LipschitzBound(nn.Module):
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
         super().__init__()
+        check_bounded_model(model)
         self.input_shape = tuple(int(s) for s in input_shape)
         shapes = _input_shapes(model, self.input_shape)
         self.operators = nn.ModuleList()
@@ -323,12 +331,10 @@ def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mod
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules()]
     modes = [m.training for m in model.modules()]
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
+            model(torch.zeros(1, *input_shape, device=model_device(model)))
     finally:
         for hook in hooks:
             hook.remove()

@@ -17,9 +17,9 @@ import time
 import torch
 from torch import nn
 
-from ..validation import check_images, check_labels
+from ..validation import check_batch, check_logits, model_device, model_dtype
 from .certificate import Certificate
-from .lipschitz import LipschitzBound
+from .lipschitz import LipschitzBound, check_bounded_model
 
 __all__ = ["LMTCertifier", "certify_lmt", "lmt_radius", "pairwise_radius", "pairwise_row_norms"]
 
@@ -61,7 +61,8 @@ class LMTCertifier:
 
     Args:
         model: ``(B, *input_shape) -> (B, K)`` built from layers :class:`~mistered.certify.lipschitz.LipschitzBound`
-            supports (an unsupported layer raises :class:`~mistered.errors.UnsupportedLayerError` naming it).
+            supports (an unsupported layer raises :class:`~mistered.errors.UnsupportedLayerError` naming it; so does
+            a TorchScript module or ``torch.fx`` graph, whose layers cannot be read).
         pairwise: use the tighter last-layer pairwise bound (the network must end with ``nn.Linear``).
 
     Example:
@@ -72,7 +73,7 @@ class LMTCertifier:
     """
 
     def __init__(self, model: nn.Module, pairwise: bool = False) -> None:
-        self.model = model
+        self.model = check_bounded_model(model)
         self.pairwise = pairwise
         self._constants: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -100,18 +101,18 @@ class LMTCertifier:
 
     @torch.no_grad()
     def certify(self, x: torch.Tensor, y: torch.Tensor) -> Certificate:
-        """Certify the batch ``x`` ``(B, C, H, W)`` in ``[0, 1]`` with labels ``y`` ``(B,)``.
+        """Certify the batch ``x`` ``(B, C, H, W)`` in ``[0, 1]`` with labels ``y`` ``(B,)`` in ``[0, K)``.
 
-        Misclassified examples get radius 0 and status ``"misclassified"``.
+        Validated by :func:`~mistered.validation.check_batch` (``x`` is cast to the model's dtype and device);
+        misclassified examples get radius 0 and status ``"misclassified"``.
         """
-        check_images(x)
-        check_labels(y, x.shape[0])
-        self.constant(tuple(x.shape[1:]))  # outside the timed pass: computed once
+        x, y = check_batch(x, y, dtype=model_dtype(self.model), device=model_device(self.model))
+        lipschitz, _ = self.constant(tuple(x.shape[1:]))  # outside the timed pass: computed once
         start = time.perf_counter()
         logits = self.model(x)
+        check_logits(logits, y)
         radius = self.radius(logits, tuple(x.shape[1:]))
         seconds = time.perf_counter() - start
-        lipschitz, _ = self.constant(tuple(x.shape[1:]))
         return Certificate.from_radii(
             "lmt", "l2", radius, logits.argmax(dim=1), y, seconds,
             details={"lipschitz": float(lipschitz), "pairwise": self.pairwise},

@@ -32,11 +32,12 @@ from ortools.linear_solver.python import model_builder as mb
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..errors import InvalidInputError, MisteredError
+from ..validation import check_inputs
 from .boundary_search import local_logit_forms
 from .halfspace import halfspace_projection
 from .linear_bounds import NormBall, linear_bounds
 from .local_lipschitz.milp import SCIP_PARAMETERS
-from .plnet import PiecewiseLinearNet
+from .plnet import PiecewiseLinearNet, as_plnet
 from .projection import _norm
 
 __all__ = ["MipDistanceResult", "mindist_mip", "margin_net", "MIP_SOLVERS"]
@@ -63,7 +64,7 @@ class MipDistanceResult:
 
 
 def mindist_mip(
-    net: PiecewiseLinearNet,
+    net: PiecewiseLinearNet | torch.nn.Module,
     x: torch.Tensor,
     norm: str = "linf",
     time_limit: float | None = None,
@@ -71,9 +72,11 @@ def mindist_mip(
     domain: tuple[float, float] = (0.0, 1.0),
     solver: str = "scip",
 ) -> MipDistanceResult:
-    """Minimal ``norm`` distance from ``x`` (``(d,)`` or ``input_shape``) to another class, by MILP.
+    """Minimal ``norm`` distance from ``x`` (``(d,)`` or ``input_shape``, finite, inside ``domain``) to another class,
+    by MILP.
 
     Args:
+        net: the network in piecewise-linear form, or an ``nn.Module`` converted for inputs of ``x``'s shape.
         upper_bound: a known upper bound (e.g. from ``boundary_search``); the search box, and so the big-M
             constants, shrink to it. If nothing strictly closer exists, the answer is this bound.
         time_limit: seconds for all targets together; when reached the status is ``timeout``.
@@ -83,8 +86,9 @@ def mindist_mip(
         raise InvalidInputError(f"solver must be one of {MIP_SOLVERS}, got {solver!r}")
     if norm not in ("linf", "l1"):
         raise InvalidInputError(f"the MIP baseline handles norm 'linf' or 'l1', got {norm!r} (L2 needs a MIQP)")
+    check_inputs(x[None] if isinstance(x, torch.Tensor) else x, images=False, domain=domain, name="x")
     start = time.perf_counter()
-    net = net.to(torch.float64)
+    net = as_plnet(net, tuple(x.shape)).to(torch.float64)
     x0 = net.flatten_input(x.reshape(1, -1))[0].cpu().numpy()
     logits = net(torch.as_tensor(x0)[None])[0].numpy()
     c = int(logits.argmax())

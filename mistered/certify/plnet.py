@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, UnsupportedLayerError
+from ..validation import check_layered_model
 
-__all__ = ["PiecewiseLinearNet", "SUPPORTED_LAYERS"]
+__all__ = ["PiecewiseLinearNet", "SUPPORTED_LAYERS", "as_plnet", "check_piecewise_model"]
 
 #: The layer types :meth:`PiecewiseLinearNet.from_module` understands.
 SUPPORTED_LAYERS = (
@@ -32,6 +33,13 @@ SUPPORTED_LAYERS = (
     "Dropout (identity at eval), a Normalized(net, mean, std) wrapper"
 )
 _CHUNK = 2048  # basis vectors pushed through a convolution at once when unrolling it
+
+
+def check_piecewise_model(model: object) -> nn.Module:
+    """Refuse (:class:`~mistered.errors.UnsupportedLayerError`) a model whose layers cannot be read: not an
+    ``nn.Module``, or a TorchScript / ``torch.fx`` one. :meth:`PiecewiseLinearNet.from_module` names unsupported
+    layers."""
+    return check_layered_model(model, "the piecewise-linear form (GeoCert, the MIP distance, LipMIP)", SUPPORTED_LAYERS)
 
 
 @dataclass
@@ -100,7 +108,7 @@ class PiecewiseLinearNet:
     # ------------------------------------------------------------------ evaluation
     def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, *input_shape)`` or ``(B, n_0)`` -> ``(B, n_0)`` in the net's dtype."""
-        flat = x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
+        flat = x.flatten(1) if x.dim() > 1 else x.reshape(1, -1)
         if flat.shape[1] != self.in_features:
             raise InvalidInputError(
                 f"input of shape {tuple(x.shape)} does not match the network's input shape {self.input_shape}"
@@ -141,6 +149,7 @@ class PiecewiseLinearNet:
             UnsupportedLayerError: naming the first layer (and its position) that is not piecewise linear
                 or not supported.
         """
+        check_piecewise_model(module)
         input_shape = tuple(int(s) for s in input_shape)
         param = next(iter(module.parameters()), None)
         dtype = param.dtype if param is not None else torch.get_default_dtype()
@@ -275,3 +284,11 @@ class _Builder:
             self.weights.append(self._matrix().clone())
             self.biases.append(self.b.clone())
         return self.weights, self.biases
+
+
+def as_plnet(model_or_net: nn.Module | PiecewiseLinearNet, input_shape: tuple[int, ...]) -> PiecewiseLinearNet:
+    """The canonical form of ``model_or_net``: returned as is when it already is one, else
+    :meth:`PiecewiseLinearNet.from_module` for inputs of ``input_shape`` (which refuses anything else, naming it)."""
+    if isinstance(model_or_net, PiecewiseLinearNet):
+        return model_or_net
+    return PiecewiseLinearNet.from_module(model_or_net, input_shape)

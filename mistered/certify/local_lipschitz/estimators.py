@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from ...errors import InvalidInputError
-from ...validation import check_nonnegative
+from ...validation import check_inputs, check_nonnegative
 from ..interval import interval_bounds, linf_box
-from ..plnet import PiecewiseLinearNet
+from ..plnet import PiecewiseLinearNet, as_plnet
 from .directions import DUAL_NORMS, OutputDirections, max_dual_norm, resolve_objective
 from .jacobian import fastlip_bound, jacobians
 from .lipmip import solve_lipmip
@@ -208,15 +208,6 @@ METHODS: dict[str, tuple[_Estimator, str]] = {
 }
 
 
-def as_plnet(model_or_net: nn.Module | PiecewiseLinearNet, input_shape: tuple[int, ...]) -> PiecewiseLinearNet:
-    """The canonical form of ``model_or_net`` (returned as is when it already is one)."""
-    if isinstance(model_or_net, PiecewiseLinearNet):
-        return model_or_net
-    if not isinstance(model_or_net, nn.Module):
-        raise InvalidInputError(f"expected an nn.Module or PiecewiseLinearNet, got {type(model_or_net).__name__}")
-    return PiecewiseLinearNet.from_module(model_or_net, input_shape)
-
-
 def estimate_lipschitz(
     model_or_net: nn.Module | PiecewiseLinearNet,
     x0: torch.Tensor,
@@ -233,7 +224,8 @@ def estimate_lipschitz(
     Args:
         model_or_net: a ReLU network (``nn.Sequential``-like, see :mod:`~mistered.certify.plnet`) or its
             :class:`~mistered.certify.plnet.PiecewiseLinearNet`.
-        x0: ``(B, *input_shape)`` box centres, in the network's input units.
+        x0: ``(B, *input_shape)`` box centres, in the network's input units (finite; any floating dtype, computed
+            in the net's dtype; ``B = 0`` gives an empty estimate).
         radius: L∞ radius of the box, in input units (pixels in [0, 1] for images).
         norm: primal norm ``"linf"`` or ``"l1"`` (``"l2"`` for naive, sampling, clever and fastlip only).
         objective: see :func:`~mistered.certify.local_lipschitz.directions.resolve_objective`;
@@ -254,15 +246,16 @@ def estimate_lipschitz(
     options = options or EstimatorOptions()
     if options.time_limit is not None:
         check_nonnegative(options.time_limit, "time_limit")
-    if x0.dim() < 2:
-        raise InvalidInputError(f"x0 must be a batch (B, *input_shape), got shape {tuple(x0.shape)}")
+    x0 = check_inputs(x0, images=False, domain=None, name="x0")
     net = as_plnet(model_or_net, tuple(x0.shape[1:]))
     start = time.perf_counter()
     x0 = net.flatten_input(x0.detach().to(net.device))
+    estimator, kind = METHODS[method]
+    if x0.shape[0] == 0:  # an empty batch: an empty estimate
+        return LipschitzEstimate(method, torch.zeros(0, dtype=torch.float64), kind, 0.0, [])
     with torch.no_grad():
         directions = resolve_objective(objective, net(x0), norm)
         lower, upper = linf_box(x0, radius, clip=clip)
-        estimator, kind = METHODS[method]
         value, details, *status = estimator(net, lower, upper, directions, norm, options)
     statuses = status[0] if status else ["ok"] * x0.shape[0]
     details.setdefault("objective", directions.description)
