@@ -74,7 +74,7 @@ def main() -> None:
         table[row] = []
         for column, spec in EVALUATIONS.items():
             threat = parse_threat(spec) if spec else None
-            acc = held_out_accuracy(model, test.images, test.labels, threat, attack_steps=args.eval_steps, seed=1)
+            acc = held_out_accuracy(model, test, threat, attack_steps=args.eval_steps, seed=1)
             logging.info("%s under %s: %.3f", row, column, acc)
             table[row].append(acc)
     best = [max(column) for column in zip(*table.values())]

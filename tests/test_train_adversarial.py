@@ -33,8 +33,8 @@ def test_adversarial_training_raises_accuracy_under_its_threat_over_standard_tra
     threat = Additive("linf", 0.1)
     standard = fit(_mlp(), StandardObjective(), *digits, CONFIG, progress=False).model
     robust = fit(_mlp(), AdversarialObjective(threat, steps=5), *digits, CONFIG, progress=False).model
-    acc_standard = held_out_accuracy(standard, *digits[1], threat, attack_steps=10)
-    acc_robust = held_out_accuracy(robust, *digits[1], threat, attack_steps=10)
+    acc_standard = held_out_accuracy(standard, digits[1], threat, attack_steps=10)
+    acc_robust = held_out_accuracy(robust, digits[1], threat, attack_steps=10)
     assert acc_robust > acc_standard + 0.15, (acc_standard, acc_robust)
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from mistered.cli import main
-from mistered.errors import CheckpointError
+from mistered.errors import CheckpointError, InvalidInputError
 from mistered.train import AdversarialObjective, StandardObjective, TrainConfig, fit, load_checkpoint
 from mistered.threats import Additive
 
@@ -75,7 +75,7 @@ def test_resume_after_kill_ends_with_bitwise_identical_weights(tmp_path, referen
 def test_resume_refuses_a_checkpoint_written_with_other_settings(tmp_path):
     x, y = _data()
     fit(_net(), StandardObjective(), (x, y), (x, y), TrainConfig(epochs=1, batch_size=32), tmp_path, progress=False)
-    with pytest.raises(CheckpointError, match="lr"):
+    with pytest.raises(InvalidInputError, match=r"lr: 0\.05 -> 0\.5"):
         fit(_net(), StandardObjective(), (x, y), (x, y), TrainConfig(epochs=1, batch_size=32, lr=0.5), tmp_path,
             resume=True, progress=False)
 

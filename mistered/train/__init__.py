@@ -1,7 +1,10 @@
-"""Training: standard and adversarial (any threat, several at once), LMT, L∞-dist; resumable; distributed.
+"""Training: standard and adversarial (any threat, several at once), LMT, L∞-dist, Gaussian noise (smoothing);
+resumable; distributed.
 
 The loop (:func:`fit`) is generic over an :class:`Objective`; :func:`build_objective` makes one by
-method name. Adversarial training uses :mod:`mistered.attacks` for its inner maximisation.
+method name. Adversarial training uses :mod:`mistered.attacks` for its inner maximisation. It trains
+any ``nn.Module`` on any labelled data set, streamed batch by batch; a run resumes bitwise after a
+kill and may be extended to more epochs (:mod:`mistered.train.resume`).
 """
 
 from .adversarial import AdversarialObjective, StandardObjective, attack_batch

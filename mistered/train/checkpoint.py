@@ -1,12 +1,16 @@
 """Training checkpoints: everything needed to continue a run exactly, in a weights-only file.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so it loads with
-``torch.load(weights_only=True)``): the model, optimizer and scheduler state, every random number
+``torch.load(weights_only=True)``): the model's state_dict (any ``nn.Module``: registry architectures,
+TorchScript, ONNX-converted graphs ...), the optimizer state, every random number
 generator state (torch CPU, CUDA, the loop's own :class:`torch.Generator`; one copy per process
 under torch.distributed), the position (epoch, global step, step inside the epoch), the running
-sums of the current epoch, the per-epoch history and the run's configuration. Files are written
-atomically (temporary file + rename, :func:`mistered.io.atomic_torch_save`), so a process killed
-while writing leaves the previous checkpoint in place.
+sums of the current epoch, the per-epoch history, the run's settings (its fingerprint, see
+:mod:`mistered.train.resume`) and the extensions of its epochs. The learning rate is a function of
+the step and the run's length, so it needs no state of its own. Files are written atomically
+(temporary file + rename, :func:`mistered.io.atomic_torch_save`), so a process killed while writing
+leaves the previous checkpoint in place (and a temporary file that :func:`remove_stale_temporaries`
+clears on resume).
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ __all__ = [
     "restore_rng",
     "save_checkpoint",
     "load_checkpoint",
-    "check_config",
+    "remove_stale_temporaries",
 ]
 
 CHECKPOINT_FORMAT = "mistered-train-checkpoint-v1"
 _REQUIRED = (
-    "format", "model", "optimizer", "scheduler", "rng", "epoch", "step", "step_in_epoch", "epoch_sums", "history",
+    "format", "model", "optimizer", "rng", "epoch", "step", "step_in_epoch", "epoch_sums", "history",
     "best_metric", "config",
 )
 
@@ -95,18 +99,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def check_config(saved: dict[str, Any], current: dict[str, Any], path: str | os.PathLike = "checkpoint") -> None:
-    """Refuse to resume a run whose settings differ from the checkpoint's.
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left in ``folder``.
 
-    Raises:
-        CheckpointError: naming every setting that differs, with both values.
+    Only names :func:`mistered.io.atomic_write` makes for checkpoints (``.<name>.pt.<random>.tmp``) are
+    touched. Call it when no other process writes there. Returns the deleted paths.
     """
-    keys = sorted(set(saved) | set(current))
-    differing = [
-        f"{key}: checkpoint {saved.get(key)!r} vs now {current.get(key)!r}" for key in keys if saved.get(key) != current.get(key)
-    ]
-    if differing:
-        raise CheckpointError(
-            f"cannot resume from {str(path)!r}: settings differ ({'; '.join(differing)}); "
-            f"rerun with the original settings or use a new --out folder"
-        )
+    stale = sorted(Path(folder).glob(".*.pt.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
