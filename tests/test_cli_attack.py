@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mistered.cli import main
 from mistered.models import build_model, save_model
 
-SUMMARY_KEYS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "mean_lpips", "mean_ssim"}
+SUMMARY_KEYS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "mean_lpips", "mean_dssim"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_attack_writes_results_json_with_summary_and_examples_png(checkpoint, tm
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["schema_version"] >= 1 and SUMMARY_KEYS <= set(record["summary"])
-    assert len(record["examples"]) == 6 and record["settings"]["threat"] == "combined"
+    assert len(record["examples"]) == 6 and record["settings"]["threat"] == ["combined"]
     assert (tmp_path / "examples.png").stat().st_size > 1000
 
 

@@ -56,6 +56,8 @@ def test_bad_input_is_one_error_line_and_exit_2(args, needle, tmp_path):
 
 def test_resume_of_a_folder_without_state_is_an_error(tmp_path):
     result = _run(*SMALL, "--resume", str(tmp_path / "missing"))
+    assert result.exit_code == 2 and "no such folder" in result.output
+    result = _run(*SMALL, "--resume", str(tmp_path))
     assert result.exit_code == 2 and "no saved evaluation" in result.output
 
 
@@ -70,3 +72,14 @@ def test_a_sanity_warning_is_printed_once(tmp_path, caplog):
     assert any("constant model" in w for w in warnings)
     assert result.output.count("constant model") == 1
     assert not [r for r in caplog.records if r.name == "mistered.evaluate.sanity"]
+
+
+def test_a_spec_with_commas_is_one_threat_in_threat_and_in_the_deprecated_threats(tmp_path):
+    quick = ["--model", "mnist-fc", "--n", "2", "--eps", "l2=1", "--steps", "1", "--autoattack", "off",
+             "--square-queries", "0", "--certify", ""]
+    for name, args in (("threat", ["--threat", "affine(10deg,0.1)", "--threat", "l2"]),
+                       ("threats", ["--threats", "affine(10deg,0.1),l2"])):
+        result = _run(*quick, *args, "--out", str(tmp_path / name))
+        assert result.exit_code == 0, result.output
+        points = json.loads((tmp_path / name / "results.json").read_text())["summary"]["points"]
+        assert [p["entry"] for p in points] == ["affine(10deg,0.1)", "l2"]

@@ -11,7 +11,7 @@ from mistered.cli import main
 from mistered.models import load_model
 from mistered.train import load_checkpoint
 
-QUICK = ["--model", "mnist-fc", "--n-train", "64", "--batch-size", "32", "--epochs", "1", "--eval-n", "8",
+QUICK = ["--model", "mnist-fc", "--n", "64", "--batch-size", "32", "--epochs", "1", "--eval-n", "8",
          "--device", "cpu", "--no-progress"]
 
 
@@ -35,7 +35,7 @@ def test_lmt_method_trains_through_the_same_command(tmp_path):
 def test_resume_without_out_is_a_one_line_error():
     result = CliRunner().invoke(main, ["train", "--resume"])
     assert result.exit_code == 2
-    assert result.output.strip() == "Error: --resume needs --out DIR: the folder of the run to continue"
+    assert result.output.strip() == "Error: --resume needs the folder of the run to continue: --resume DIR or --out DIR"
 
 
 def test_lmt_option_without_lmt_method_is_a_one_line_error():
@@ -43,16 +43,22 @@ def test_lmt_option_without_lmt_method_is_a_one_line_error():
     assert result.exit_code == 2 and "add --method lmt" in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_data_the_architecture_cannot_take_is_one_error_line(tmp_path, monkeypatch):
-    import torch
-    from click.testing import CliRunner
-
-    from mistered.cli import main
-    from mistered.data import LabeledImages
-    import mistered.data
-
-    rgb = LabeledImages(torch.rand(8, 3, 32, 32), torch.arange(8) % 10, 10, "rgb")
-    monkeypatch.setattr(mistered.data, "load_dataset", lambda name, split: rgb)
-    result = CliRunner().invoke(main, ["train", "--epochs", "1", "--out", str(tmp_path / "run")])
+def test_data_the_architecture_cannot_take_is_one_error_line(tmp_path):
+    rgb = tmp_path / "rgb.pt"
+    torch.save({"images": torch.rand(8, 3, 32, 32), "labels": torch.arange(8) % 10}, rgb)
+    result = CliRunner().invoke(main, ["train", "--data", str(rgb), "--epochs", "1", "--out", str(tmp_path / "run")])
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and "cannot take rgb images" in lines[0], result.output
+    assert result.exit_code == 2 and len(lines) == 1 and "the model fails on" in lines[0], result.output
+    assert not (tmp_path / "run").exists()  # the folder made for the run is removed again
+
+
+def test_resume_dir_may_raise_the_epochs_and_config_yaml_records_the_resolved_options(tmp_path):
+    assert CliRunner().invoke(main, ["train", *QUICK, "--out", str(tmp_path)]).exit_code == 0
+    result = CliRunner().invoke(main, ["train", *QUICK, "--epochs", "2", "--resume", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["summary"]["epochs"] == 2 and record["inputs"]["n"] == 64
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["epochs"] == 2 and config["n"] == 64 and config["optimizer"] == "sgd" and config["lr"] == 0.05

@@ -2,8 +2,9 @@
 
 Each command lives in its own module (``mistered/cli/<name>.py``) and is imported only when it runs,
 so ``mistered --help`` stays fast. Any :class:`~mistered.errors.MisteredError` (bad input, a bad
-checkpoint, an unknown threat) becomes one ``Error: ...`` line on stderr and exit code 2, like
-click's own usage errors.
+checkpoint, an unknown threat) becomes one ``Error: ...`` line on stderr and exit code 2, and so does a
+command's usage error (an unknown option, a value of the wrong type). The options every command shares are
+declared once, in :mod:`mistered.cli.options`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class _LazyGroup(click.Group):
         except MisteredError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(2)
+        except click.UsageError as error:  # a command's bad option: one line too, naming the help
+            command = f"{ctx.command_path} {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ctx.command_path
+            click.echo(f"Error: {error.format_message()} (see '{command} --help')", err=True)
+            ctx.exit(error.exit_code)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,17 +1,31 @@
-"""``mistered attack``: attack a model under a threat model; print a summary, write results.json and examples.png."""
+"""``mistered attack``: attack a model under a threat model; print a summary and write results.json,
+adversarial.pt, examples.png and config.yaml.
+
+The examples stream in batches; under ``torchrun --nproc_per_node N -m mistered attack ...`` the batches are
+shared out over the processes and merged into one record identical to a single-process run
+(:mod:`mistered.sharding`). Finished batches are saved under ``state/`` so ``--resume`` skips them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import InvalidInputError
 from ..evaluate.plots import plot_examples
 from ..results import fraction
+from .common import check_positive, start_run
+from .options import data_options, eps_option, model_options, parse_radii, run_options, threat_option
 
-__all__ = ["attack", "summarize", "plot_examples"]
+__all__ = ["attack", "summarize", "build_threat"]
+
+#: Threats whose radius ``--eps`` sets.
+_NORMS = ("linf", "l2")
+#: The smallest image side SSIM (hence DSSIM) measures.
+_SSIM_WINDOW = 11
 
 
 def summarize(result) -> dict[str, float | int | None]:
@@ -29,77 +43,128 @@ def summarize(result) -> dict[str, float | int | None]:
         "robust_accuracy": fraction(result.robust),
         "attack_success_rate": int(fooled.sum()) / int(correct.sum()) if int(correct.sum()) else 0.0,
     }
-    for name in ("lpips", "ssim", "linf", "l2"):
+    for name in ("lpips", "dssim", "linf", "l2"):
         values = result.distances.get(name)
         summary[f"mean_{name}"] = float(values[fooled].mean()) if values is not None and int(fooled.sum()) else None
     return summary
 
 
+def build_threat(specs: tuple[str, ...], eps: tuple[str, ...]):
+    """The threat of ``--threat`` (several: their union, the worst case per example) with ``--eps`` as the
+    radius of bare norm threats (``linf``, ``l2``)."""
+    from ..threats import Additive, Union, parse_threat
+
+    radii = parse_radii(eps)
+    if len(radii) > 1:
+        raise InvalidInputError(f"attack takes one --eps radius, got {len(radii)}; 'mistered evaluate' sweeps several")
+    threats = []
+    for spec in specs:
+        if not radii:
+            threats.append(parse_threat(spec))
+        elif spec.strip() in _NORMS:
+            threats.append(Additive(spec.strip(), radii[0]))
+        else:
+            raise InvalidInputError(f"--eps sets the radius of a bare {' or '.join(_NORMS)} threat; give the budget of "
+                                    f"{spec!r} in its spec, e.g. linf(0.1)")
+    return threats[0] if len(threats) == 1 else Union(tuple(threats))
+
+
 @click.command("attack")
-@click.option("--threat", "threat_spec", default="combined", show_default=True,
-              help="Threat preset or spec, e.g. linf, stadv, 'flow(0.05)>>affine(10deg,0.1)>>linf(0.3)|lpips<=0.1'.")
-@click.option("--model", "model_spec", default=None, help="Bundled model name or checkpoint path [default: bundled CNN].")
-@click.option("--data", "data_name", default="mnist-5k", show_default=True, help="Dataset (test split).")
-@click.option("--n", "n", default=100, show_default=True, type=int, help="Number of test examples.")
-@click.option("--attack", "attack_name", default="pgd", show_default=True,
+@threat_option(default=("combined",), extra_help=" Several: the worst case over them, per example.")
+@eps_option(extra_help=" Here one value: the radius of a bare linf or l2 threat.")
+@click.option("--attack", default="pgd", show_default=True,
               help="pgd | fgsm | cw | perceptual | autoattack | torchattacks:<Name>.")
 @click.option("--steps", default=10, show_default=True, type=int, help="Attack iterations.")
 @click.option("--restarts", default=1, show_default=True, type=int, help="Random restarts per alternative.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the attack's random starts.")
-@click.option("--batch-size", default=100, show_default=True, type=int, help="Examples per batch.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Output folder [default: ./mistered-out/attack-<time>/].")
-def attack(threat_spec: str, model_spec: str | None, data_name: str, n: int, attack_name: str, steps: int,
-           restarts: int, seed: int, batch_size: int, device: str, out_dir: str | None) -> None:
+@model_options()
+@data_options(n_default=100)
+@run_options(batch_size=100)
+def attack(**options: Any) -> None:
     """Attack a model under a threat model and report clean and robust accuracy."""
+    from ..attacks import build_attack
+    from ..evaluate.state import open_state
+    from ..sharding import gather_objects, merge_batches, shard_batches, share_size
+
+    check_positive(n=options["n"], steps=options["steps"], restarts=options["restarts"],
+                   batch_size=options["batch_size"])
+    started = time.perf_counter()
+    threat_specs = options["threat"] or ("combined",)
+    threat = build_threat(threat_specs, options["eps"])
+    with start_run("attack", options, shard=True) as run:
+        model, data = run.load_inputs("mnist-cnn")
+        attacker = build_attack(options["attack"], model, threat, steps=options["steps"], restarts=options["restarts"],
+                                seed=options["seed"], device=run.device, distances=_distances(data.sample_shape))
+        resolved = {"threat": list(threat_specs), "model": options["model"] or "mnist-cnn",
+                    "eps": list(parse_radii(options["eps"]))}
+        settings = run.settings(resolved, threat_parsed=str(threat))
+        # the results do not depend on how many processes share the work: a run may resume with another number
+        state = open_state(run.out, {"settings": settings, "inputs": run.inputs}, run.resuming, what="attack",
+                           group=run.group)
+        settings["world_size"] = run.group.world_size
+        setup_seconds = time.perf_counter() - started
+        batch_size, payloads = options["batch_size"], {}
+        with run.progress(f"{options['attack']} on {threat}", share_size(len(data), batch_size, run.group)) as bar:
+            for index, x, y in shard_batches(data, batch_size, run.group):
+                key = f"attack|{index * batch_size}-{index * batch_size + len(y)}"
+                payloads[index] = state.load(key)
+                if payloads[index] is None:
+                    payloads[index] = _payload(attacker(x.to(run.device), y.to(run.device)))
+                    state.save(key, payloads[index])
+                bar.advance(len(y))
+        batches = merge_batches(gather_objects(payloads, run.group), -(-len(data) // batch_size))
+        if run.group.is_main:
+            _report(run, batches, data, threat, settings, resolved,
+                    {"setup": setup_seconds, "total": time.perf_counter() - started})
+
+
+def _distances(sample_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The distances measured on every example: L∞, L2, LPIPS, and DSSIM where the images are large enough for
+    SSIM's 11x11 window."""
+    return ("linf", "l2", "lpips") + (("dssim",) if min(sample_shape[1:]) >= _SSIM_WINDOW else ())
+
+
+def _payload(result) -> dict[str, Any]:
+    """A batch's :class:`~mistered.attacks.AttackResult` as a dict of CPU tensors (saved and gathered)."""
+    return _to_cpu({f.name: getattr(result, f.name) for f in dataclasses.fields(result)})
+
+
+def _to_cpu(value: Any) -> Any:
+    if hasattr(value, "cpu"):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
+def _report(run, batches: list[dict[str, Any]], data, threat, settings, resolved, timings) -> None:
+    """Rank 0: the table, results.json, adversarial.pt, examples.png and config.yaml."""
+    import torch
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
 
-    from ..attacks import AttackResult, build_attack
-    from ..data import load_dataset
-    from ..device import resolve_device
-    from ..models import load_model
-    from ..results import default_out_dir, make_record, write_record
-    from ..threats import parse_threat
+    from ..attacks import AttackResult
+    from ..io import atomic_torch_save
+    from ..results import make_record
 
-    for name, value in (("--n", n), ("--steps", steps), ("--restarts", restarts), ("--batch-size", batch_size)):
-        if value < 1:
-            raise InvalidInputError(f"{name} must be a positive integer, got {value}")
-    started = time.perf_counter()
-    torch_device = resolve_device(device)
-    threat = parse_threat(threat_spec)
-    model = load_model(model_spec, device=torch_device)
-    data = load_dataset(data_name, "test").subset(n)
-    attacker = build_attack(attack_name, model, threat, steps=steps, restarts=restarts, seed=seed,
-                            device=torch_device, distances=("linf", "l2", "lpips", "ssim"))
-    setup_seconds = time.perf_counter() - started
-
-    console = Console(stderr=True)
-    results = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"{attack_name} on {threat}", total=len(data.labels))
-        for first in range(0, len(data.labels), batch_size):
-            x, y = data.images[first:first + batch_size], data.labels[first:first + batch_size]
-            results.append(attacker(x.to(torch_device), y.to(torch_device)))
-            progress.advance(task, len(y))
-    result = AttackResult.cat(results)
+    result = AttackResult.cat([AttackResult(**b) for b in batches])
     summary = summarize(result)
-
-    table = Table(title=f"{attack_name} · {threat} · {model_spec or 'bundled model'} · {data_name} (n={n})")
+    indices = [int(i) for i in getattr(data, "indices", range(len(data)))]
+    examples = result.to_json()
+    for row, index in zip(examples, indices):
+        row["index"] = index
+    model_name = resolved["model"]
+    table = Table(title=f"{settings['attack']} · {threat} · {model_name} · {data.name} (n={len(data)})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in summary.items():
         table.add_row(key, "—" if value is None else (str(value) if isinstance(value, int) else f"{value:.4f}"))
     Console().print(table)
-
-    out = Path(out_dir) if out_dir is not None else default_out_dir("attack")
-    settings = {"threat": threat_spec, "threat_parsed": str(threat), "model": model_spec, "data": data_name, "n": n,
-                "attack": attack_name, "steps": steps, "restarts": restarts, "seed": seed,
-                "batch_size": batch_size, "device": str(torch_device)}
-    timings = {"setup": setup_seconds, "attack": result.seconds, "total": time.perf_counter() - started}
-    record = make_record("attack", settings, torch_device, timings, summary, examples=result.to_json())
-    json_path = write_record(out, record)
-    png_path = plot_examples(result, out / "examples.png")
-    Console().print(f"wrote {json_path} and {png_path}")
+    timings = {**timings, "attack": result.seconds}
+    atomic_torch_save(run.out / "adversarial.pt", {
+        "x_adv": result.x_adv, "labels": result.labels, "clean_predictions": result.clean_logits.argmax(dim=1),
+        "adversarial_predictions": result.predictions, "success": result.success,
+        "indices": torch.tensor(indices, dtype=torch.int64), "threat": str(threat)})
+    png_path = plot_examples(result, run.out / "examples.png")
+    record = make_record("attack", settings, run.device, timings, summary, examples=examples, inputs=run.inputs)
+    json_path = run.write(record, resolved)
+    Console().print(f"wrote {json_path}, {run.out / 'adversarial.pt'} and {png_path}")

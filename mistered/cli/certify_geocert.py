@@ -1,78 +1,76 @@
-"""The work behind ``mistered certify --method geocert``: exact radii, a table, results.json and a histogram."""
+"""The work behind ``mistered certify --method geocert``: exact radii, results.json and a histogram.
+
+GeoCert certifies a handful of examples (the selection is small), one at a time: each finished example is saved
+under ``state/`` so ``--resume`` skips it, and the progress counts examples.
+"""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..certify.geocert import AUTO_SEARCH, NORMS, SEARCHES, certify_geocert
-from ..device import resolve_device
-from ..errors import InvalidInputError
-from ..results import default_out_dir, make_record, write_record
+from ..certify.geocert import AUTO_SEARCH, certify_geocert
+from ..results import finite_or_none, make_record
 
 __all__ = ["run_geocert"]
 
 
-def run_geocert(
-    model_spec: str | None = "mnist-fc",
-    data: str = "mnist-5k",
-    n: int = 3,
-    norm: str = "l2",
-    time_limit: float = 20.0,
-    out: str | Path | None = None,
-    device: str | None = None,
-    seed: int = 0,
-    search: str = "auto",
-) -> tuple[dict, Path]:
-    """Certify the first ``n`` test images of ``data`` with GeoCert; returns the record and the output folder.
+def run_geocert(run: Any, model: torch.nn.Module, data: Any, resolved: dict[str, Any]) -> dict[str, Any]:
+    """Certify every example of ``data`` (a small selection) exactly; write results.json, config.yaml and
+    radii.png into ``run.out`` (a :class:`~mistered.cli.common.Run`); returns the record.
 
-    ``seed`` is recorded only (GeoCert is deterministic). ``time_limit`` is per example, in seconds. ``search``:
-    "regions", "branch" or "auto" (see :func:`~mistered.certify.geocert.certify_geocert`).
+    ``--seed`` is recorded only (GeoCert is deterministic); ``--time-limit`` is per example, in seconds;
+    ``--search``: "regions", "branch" or "auto" (see :func:`~mistered.certify.geocert.certify_geocert`).
     """
-    from ..data import load_dataset
-    from ..models import load_model
+    from ..evaluate.state import open_state
 
-    if norm not in NORMS:
-        raise InvalidInputError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    if search not in SEARCHES:
-        raise InvalidInputError(f"--search must be one of {', '.join(SEARCHES)}, got {search!r}")
-    if n < 1:
-        raise InvalidInputError(f"--n must be at least 1, got {n}")
-    if not time_limit > 0:
-        raise InvalidInputError(f"--time-limit must be positive seconds, got {time_limit}")
-    dev = resolve_device(device)
-    model = load_model(model_spec or "mnist-fc", device=dev)
-    images = load_dataset(data, split="test").subset(n)
+    norm, time_limit = resolved["norm"], run.options["time_limit"]
+    search = AUTO_SEARCH[norm] if run.options["search"] == "auto" else run.options["search"]
+    resolved = {**resolved, "search": search}
+    settings = run.settings(resolved, method="geocert")
+    state = open_state(run.out, {"settings": settings, "inputs": run.inputs}, run.resuming, what="certification")
     start = time.perf_counter()
-    search = AUTO_SEARCH[norm] if search == "auto" else search
-    cert = certify_geocert(model, images.images.to(dev), images.labels, norm=norm, time_limit=time_limit,
-                           search=search)
-    out_dir = Path(out) if out is not None else default_out_dir("certify-geocert")
-    examples = cert.to_json()
-    stats = (cert.details[k] for k in ("n_regions", "n_lp_solves", "seconds", "seed_distance"))
-    for row, regions, solves, seconds, seed_dist in zip(examples, *stats):
-        row.update(n_regions=regions, n_lp_solves=solves, seconds=seconds,
-                   seed_distance=seed_dist if math.isfinite(seed_dist) else None)
-        if not math.isfinite(row["radius"]):
-            row["radius"] = None
+    indices = [int(i) for i in getattr(data, "indices", range(len(data)))]
+    examples = []
+    with run.progress(f"geocert ({norm})", len(data)) as bar:
+        for position in range(len(data)):
+            key = f"geocert|{position}"
+            row = state.load(key)
+            if row is None:
+                x, y = data.get_batch([position])
+                row = _certify_one(model, x.to(run.device), y, norm, time_limit, search)
+                state.save(key, row)
+            examples.append({"index": indices[position], **row})
+            bar.advance(1)
     exact = [r["radius"] for r in examples if r["status"] == "exact" and r["radius"] is not None]
     summary = {
-        "n": n,
-        "exact": sum(s == "exact" for s in cert.status),
-        "timeout": sum(s == "timeout" for s in cert.status),
-        "misclassified": sum(s == "misclassified" for s in cert.status),
+        "n": len(examples),
+        "exact": sum(r["status"] == "exact" for r in examples),
+        "timeout": sum(r["status"] == "timeout" for r in examples),
+        "misclassified": sum(r["status"] == "misclassified" for r in examples),
         "median_radius": float(torch.tensor(exact).median()) if exact else None,
-        "median_seconds": float(torch.tensor(cert.details["seconds"]).median()),
+        "median_seconds": float(torch.tensor([r["seconds"] for r in examples]).median()),
     }
-    settings = {"method": "geocert", "model": model_spec or "mnist-fc", "data": data, "n": n, "norm": norm,
-                "time_limit": time_limit, "seed": seed, "search": search}
-    record = make_record("certify", settings, dev, {"total": time.perf_counter() - start}, summary, examples)
-    write_record(out_dir, record)
-    _histogram([r["radius"] for r in examples if r["radius"] is not None], norm, out_dir / "radii.png")
-    return record, out_dir
+    record = make_record("certify", settings, run.device, {"total": time.perf_counter() - start}, summary, examples,
+                         inputs=run.inputs)
+    run.write(record, resolved)
+    _histogram([r["radius"] for r in examples if r["radius"] is not None], norm, run.out / "radii.png")
+    return record
+
+
+def _certify_one(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, time_limit: float,
+                 search: str) -> dict[str, Any]:
+    """GeoCert on one example ``x`` ``(1, C, H, W)``: its JSON row (radius ``None`` where not finite)."""
+    cert = certify_geocert(model, x, y, norm=norm, time_limit=time_limit, search=search)
+    row = cert.to_json()[0]
+    seed_distance = cert.details["seed_distance"][0]
+    row.update(n_regions=cert.details["n_regions"][0], n_lp_solves=cert.details["n_lp_solves"][0],
+               seconds=cert.details["seconds"][0], seed_distance=finite_or_none(seed_distance))
+    row["radius"] = finite_or_none(row["radius"])
+    return row
 
 
 def _histogram(radii: list[float], norm: str, path: Path) -> Path:

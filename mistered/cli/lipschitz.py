@@ -1,15 +1,24 @@
-"""``mistered lipschitz``: every local Lipschitz estimator, LipMIP included, on the same model and boxes."""
+"""``mistered lipschitz``: every local Lipschitz estimator, LipMIP included, on the same model and boxes.
+
+The examples stream in batches; each estimator's finished batch is saved under ``state/`` so ``--resume``
+skips it.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import InvalidInputError
+from .common import check_positive, start_run
+from .options import data_options, eps_option, model_options, parse_radii, run_options
 
 __all__ = ["lipschitz", "plot_estimates"]
+
+_DEFAULT_RADIUS = 0.02
 
 
 def plot_estimates(rows: list[dict], path: Path, title: str) -> Path:
@@ -39,74 +48,111 @@ def plot_estimates(rows: list[dict], path: Path, title: str) -> Path:
     return path
 
 
+def _radius(eps: tuple[str, ...], radius: float | None) -> float:
+    """The box radius: one ``--eps`` value (or the deprecated ``--radius``), default 0.02."""
+    radii = parse_radii(eps)
+    if len(radii) > 1:
+        raise InvalidInputError(f"lipschitz takes one --eps radius, got {len(radii)}")
+    if radii and radius is not None:
+        raise InvalidInputError("--radius is the old name of --eps; give one of them")
+    return radii[0] if radii else (radius if radius is not None else _DEFAULT_RADIUS)
+
+
 @click.command("lipschitz")
 @click.option("--methods", default="all", show_default=True,
               help="Comma-separated estimators (naive, sampling, clever, fastlip, lp, lipmip) or 'all'.")
-@click.option("--model", "model_spec", default="mnist-fc", show_default=True,
-              help="Bundled model name or checkpoint path (a ReLU network of Linear/Conv2d/ReLU/Flatten/BatchNorm).")
-@click.option("--data", "data_name", default="mnist-5k", show_default=True, help="Dataset (test split).")
-@click.option("--radius", default=0.02, show_default=True, type=float,
-              help="L-inf radius of the box around each input (pixels in [0, 1]). The bundled 784-20-20-10 net has "
-                   "~16-24 unstable ReLUs at 0.02 (LipMIP: seconds) and 35-40 at 0.1 (LipMIP: minutes).")
+@eps_option(default=str(_DEFAULT_RADIUS),
+            extra_help=" Here one value: the L-inf radius of the box around each input. The bundled 784-20-20-10 "
+                       "net has ~16-24 unstable ReLUs at 0.02 (LipMIP: seconds) and 35-40 at 0.1 (LipMIP: minutes).")
+@click.option("--radius", type=float, default=None, hidden=True, help="Deprecated: --eps.")
 @click.option("--norm", default="linf", show_default=True, type=click.Choice(["linf", "l1", "l2"]),
               help="Primal (input) norm; l2 only for naive, sampling, clever and fastlip.")
 @click.option("--objective", default="margin", show_default=True, type=click.Choice(["margin", "vector"]),
               help="margin: predicted class minus runner-up; vector: all logits with the same norm.")
-@click.option("--n", "n", default=3, show_default=True, type=int, help="Number of test examples.")
 @click.option("--time-limit", default=30.0, show_default=True, type=float,
               help="Seconds per example for lipmip and lp; on timeout LipMIP reports a valid upper bound.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of sampling and CLEVER.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Output folder [default: ./mistered-out/lipschitz-<time>/].")
-def lipschitz(methods: str, model_spec: str, data_name: str, radius: float, norm: str, objective: str, n: int,
-              time_limit: float, seed: int, out_dir: str | None) -> None:
+@model_options(default="mnist-fc (a ReLU network of Linear/Conv2d/ReLU/Flatten/BatchNorm)")
+@data_options(n_default=3)
+@run_options(batch_size=50)
+def lipschitz(**options: Any) -> None:
     """Compare local Lipschitz estimators (LipMIP is exact) on the same model and L-inf boxes."""
+    from ..certify.local_lipschitz import METHODS
+    from ..validation import check_nonnegative
+
+    text = options["methods"]
+    names = list(METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise InvalidInputError(f"unknown --methods {unknown or text!r}; choose from {', '.join(METHODS)} or 'all'")
+    check_positive(n=options["n"], batch_size=options["batch_size"])
+    radius = check_nonnegative(_radius(options["eps"], options["radius"]), "--eps")
+    check_nonnegative(options["time_limit"], "--time-limit")
+    started = time.perf_counter()
+    with start_run("lipschitz", options) as run:
+        model, data = run.load_inputs("mnist-fc")
+        resolved = {"model": options["model"] or "mnist-fc", "methods": ",".join(names), "eps": [radius]}
+        settings = run.settings(resolved, clip=None)
+        estimates = _estimate_all(run, model, data, names, radius, settings)
+        _report(run, data, estimates, settings, resolved, radius, started)
+
+
+def _report(run, data, estimates: dict[str, dict], settings: dict[str, Any], resolved: dict[str, Any],
+            radius: float, started: float) -> None:
+    """The table, results.json, config.yaml and lipschitz.png."""
     from rich.console import Console
     from rich.table import Table
 
-    from ..certify.local_lipschitz import METHODS, EstimatorOptions, estimate_lipschitz
-    from ..data import load_dataset
-    from ..models import load_model
-    from ..results import default_out_dir, make_record, write_record
-    from ..validation import check_nonnegative
+    from ..results import make_record
 
-    names = list(METHODS) if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise InvalidInputError(f"unknown --methods {unknown or methods!r}; choose from {', '.join(METHODS)} or 'all'")
-    if n < 1:
-        raise InvalidInputError(f"--n must be a positive integer, got {n}")
-    check_nonnegative(radius, "--radius")
-    check_nonnegative(time_limit, "--time-limit")
-    started = time.perf_counter()
-    model = load_model(model_spec, device="cpu")
-    data = load_dataset(data_name, "test").subset(n)
-    options = EstimatorOptions(seed=seed, time_limit=time_limit)
-    console = Console(stderr=True)
-    estimates = []
-    for name in names:
-        with console.status(f"{name} on {n} example(s)"):
-            estimates.append(estimate_lipschitz(model, data.images, radius, norm, objective, name, options=options))
-
-    rows = [{"method": e.method, "kind": e.kind, "mean_value": float(e.value.mean()), "seconds": e.seconds,
-             "values": e.value.tolist(), "status": e.status} for e in estimates]
-    table = Table(title=f"local Lipschitz · {model_spec} · {objective} · {norm} · radius {radius} · n={n}")
+    options = run.options
+    rows = [{"method": name, "kind": e["kind"], "mean_value": float(e["value"].mean()), "seconds": e["seconds"],
+             "values": e["value"].tolist(), "status": e["status"]} for name, e in estimates.items()]
+    title = (f"local Lipschitz · {resolved['model']} · {options['objective']} · {options['norm']} · radius {radius}"
+             f" · n={len(data)}")
+    table = Table(title=title)
     for column in ("method", "kind", "mean value", "per example", "time (s)", "status"):
         table.add_column(column, justify="right" if column in ("mean value", "time (s)") else "left")
     for row in rows:
-        statuses = sorted(set(row["status"]))
         table.add_row(row["method"], row["kind"], f"{row['mean_value']:.4g}",
-                      " ".join(f"{v:.4g}" for v in row["values"]), f"{row['seconds']:.2f}", ",".join(statuses))
+                      " ".join(f"{v:.4g}" for v in row["values"]), f"{row['seconds']:.2f}",
+                      ",".join(sorted(set(row["status"]))))
     Console().print(table)
+    timings = {name: e["seconds"] for name, e in estimates.items()} | {"total": time.perf_counter() - started}
+    indices = [int(i) for i in getattr(data, "indices", range(len(data)))]
+    examples = [{"index": indices[i], "label": int(data.labels[i]),
+                 **{name: float(e["value"][i]) for name, e in estimates.items()}} for i in range(len(data))]
+    record = make_record("lipschitz", settings, run.device, timings, {"methods": rows}, examples=examples,
+                         inputs=run.inputs)
+    json_path = run.write(record, resolved)
+    png_path = plot_estimates(rows, run.out / "lipschitz.png", title)
+    Console().print(f"wrote {json_path} and {png_path}")
 
-    out = Path(out_dir) if out_dir is not None else default_out_dir("lipschitz")
-    settings = {"methods": names, "model": model_spec, "data": data_name, "radius": radius, "norm": norm,
-                "objective": objective, "n": n, "time_limit": time_limit, "seed": seed, "clip": None}
-    timings = {e.method: e.seconds for e in estimates} | {"total": time.perf_counter() - started}
-    examples = [{"label": int(data.labels[i]), **{e.method: float(e.value[i]) for e in estimates}} for i in range(n)]
+
+def _estimate_all(run, model, data, names: list[str], radius: float, settings: dict[str, Any]) -> dict[str, dict]:
+    """Every estimator on every batch (resumable): ``{method: {"value" (N,), "kind", "seconds", "status"}}``."""
     import torch
 
-    record = make_record("lipschitz", settings, torch.device("cpu"), timings, {"methods": rows}, examples=examples)
-    json_path = write_record(out, record)
-    png_path = plot_estimates(rows, out / "lipschitz.png", table.title)
-    Console().print(f"wrote {json_path} and {png_path}")
+    from ..certify.local_lipschitz import EstimatorOptions, estimate_lipschitz
+    from ..evaluate.state import open_state
+    from ..sharding import shard_batches
+
+    options = EstimatorOptions(seed=run.options["seed"], time_limit=run.options["time_limit"])
+    state = open_state(run.out, {"settings": settings, "inputs": run.inputs}, run.resuming, what="estimation")
+    batch_size = run.options["batch_size"]
+    parts: dict[str, list[dict]] = {name: [] for name in names}
+    with run.progress("lipschitz", len(data) * len(names)) as bar:
+        for index, x, _ in shard_batches(data, batch_size):
+            for name in names:
+                key = f"lipschitz|{name}|{index * batch_size}-{index * batch_size + len(x)}"
+                part = state.load(key)
+                if part is None:
+                    bar.describe(f"lipschitz: {name}")
+                    e = estimate_lipschitz(model, x.to(run.device), radius, run.options["norm"],
+                                           run.options["objective"], name, options=options)
+                    part = {"value": e.value.cpu(), "kind": e.kind, "seconds": e.seconds, "status": list(e.status)}
+                    state.save(key, part)
+                parts[name].append(part)
+                bar.advance(len(x))
+    return {name: {"value": torch.cat([p["value"] for p in ps]), "kind": ps[0]["kind"],
+                   "seconds": sum(p["seconds"] for p in ps), "status": [s for p in ps for s in p["status"]]}
+            for name, ps in parts.items()}

@@ -1,5 +1,10 @@
 """``mistered train``: standard, adversarial (any threat, several at once), LMT or L∞-dist training.
 
+``--model`` is a model source like everywhere: an architecture name from the registry trains a new model of
+that architecture (``--width``/``--depth``); any other source (``file.py:Name`` with ``--weights``, a checkpoint,
+TorchScript, ONNX ..., or a registry name with ``--weights``) is loaded and fine-tuned. ``--data``/``--split``/
+``--n``/``--indices`` select the training examples; the other split of ``--data`` is held out.
+
 Works the same under ``torchrun --nproc_per_node N -m mistered train ...`` (DistributedDataParallel;
 only rank 0 writes files and prints).
 """
@@ -9,122 +14,16 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
 import click
 import torch
 
+from ..errors import InvalidInputError
+from .common import check_positive, start_run
+from .options import data_options, eps_option, model_options, parse_radii, run_options, threat_option
+
 __all__ = ["train"]
-
-
-@click.command("train")
-@click.option("--threat", "threats", multiple=True, metavar="SPEC",
-              help="Train against this threat (preset or spec); repeat for several. Implies --method adversarial.")
-@click.option("--strategy", type=click.Choice(["random", "avg", "max"]), default="max", show_default=True,
-              help="How several threats (or a Union's alternatives) combine per batch.")
-@click.option("--method", type=click.Choice(["standard", "adversarial", "lmt", "linf-dist", "linf-dist-hybrid"]), default=None,
-              help="Training method [default: adversarial with --threat, else standard]. linf-dist with "
-                   "--model linf-dist-hybrid is linf-dist-hybrid (IBP loss on the head).")
-@click.option("--data", default="mnist-5k", show_default=True, help="Dataset name (mnist-5k, fashion-mnist, mnist, cifar10).")
-@click.option("--model", "arch", default=None,
-              help="Architecture name from the model registry [default: mnist-cnn; linf-dist-net for --method linf-dist, "
-                   "linf-dist-hybrid for --method linf-dist-hybrid].")
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Examples per step per process.")
-@click.option("--width", type=int, default=None, help="Architecture width (hidden units or channels) [default: the architecture's].")
-@click.option("--depth", type=int, default=None, help="Architecture depth (hidden layers) [default: the architecture's].")
-@click.option("--lr", type=float, default=None, help="Peak learning rate [default: 0.05; lmt 1e-3; linf-dist 0.01].")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
-              help="[default: sgd; adam for lmt and linf-dist]")
-@click.option("--weight-decay", type=float, default=None,
-              help="L2 penalty of the optimizer [default: 5e-4; 0 for lmt and linf-dist].")
-@click.option("--shift", type=int, default=0, show_default=True, help="Augment: random translations of up to N pixels.")
-@click.option("--schedule", type=click.Choice(["cosine", "multistep", "constant"]), default="cosine", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output folder [default: mistered-out/train-<time>].")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
-@click.option("--attack-steps", type=int, default=7, show_default=True, help="PGD steps of adversarial training.")
-@click.option("--checkpoint-every", type=int, default=0, show_default=True, help="Also checkpoint every N steps (0: epoch ends only).")
-@click.option("--n-train", type=int, default=None, help="Train on the first N training examples only.")
-@click.option("--eval-n", type=int, default=200, show_default=True, help="Held-out examples attacked each epoch.")
-@click.option("--eval-threat", default=None, metavar="SPEC", help="Threat of the per-epoch robust accuracy [default: the training threat].")
-@click.option("--c", "lmt_c", type=float, default=None, help="LMT: target L2 radius c.")
-@click.option("--pairwise", is_flag=True, help="LMT: the tighter pairwise last-layer bound.")
-@click.option("--eps", "dist_eps", type=float, default=None,
-              help="L-inf-dist: the training radius of its hinge loss (of the interval bounds for the hybrid).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
-@click.option("--compile/--no-compile", "compile_kernel", default=True, show_default=True,
-              help="L-inf-dist layers: the compiled p = inf kernel (~2.5x faster on CPU, same results; falls back to "
-                   "the eager kernel with a warning when no C++ compiler works).")
-def train(threats, strategy, method, data, arch, epochs, batch_size, width, depth, lr, optimizer, weight_decay, shift, schedule, seed, device, out_dir,
-          resume, attack_steps, checkpoint_every, n_train, eval_n, eval_threat, lmt_c, pairwise, dist_eps, progress, compile_kernel) -> None:
-    """Train a model and write model.pt, checkpoints/, log.json, curves.png and results.json to --out."""
-    from ..certify.linf_dist_nets import set_linf_dist_compiled
-    from ..data import load_dataset
-    from ..errors import InvalidInputError
-    from ..models import build_model
-    from ..results import default_out_dir
-    from ..threats import Union, parse_threat
-    from ..train import TrainConfig, build_objective, default_method, fit, init_distributed, shutdown_distributed
-
-    if resume and out_dir is None:
-        raise InvalidInputError("--resume needs --out DIR: the folder of the run to continue")
-    parsed = [parse_threat(spec) for spec in threats]
-    method = method or default_method(parsed)
-    if method == "linf-dist" and arch == "linf-dist-hybrid":
-        method = "linf-dist-hybrid"  # the hybrid's L-inf-dist training: the p-relaxation plus IBP through the head
-    options = {}
-    if lmt_c is not None or pairwise:
-        if method != "lmt":
-            raise InvalidInputError(f"--c and --pairwise are LMT options; add --method lmt (method is {method!r})")
-        options = {k: v for k, v in (("c", lmt_c), ("pairwise", pairwise or None)) if v is not None}
-    if dist_eps is not None:
-        if method not in ("linf-dist", "linf-dist-hybrid"):
-            raise InvalidInputError(f"--eps is the L-inf-dist option; add --method linf-dist (method is {method!r})")
-        options = {"eps": dist_eps}
-    arch = arch or _DEFAULT_ARCH.get(method, "mnist-cnn")
-    if n_train is not None and n_train < 1:
-        raise InvalidInputError(f"--n-train must be >= 1, got {n_train}")
-    defaults = _OPTIMIZER_DEFAULTS.get(method, _OPTIMIZER_DEFAULTS["standard"])
-    optimizer = optimizer or defaults["optimizer"]
-    lr = defaults["lr"] if lr is None else lr
-    weight_decay = defaults["weight_decay"] if weight_decay is None else weight_decay
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                         schedule=schedule, seed=seed, shift=shift, checkpoint_every=checkpoint_every, eval_n=eval_n,
-                         eval_attack_steps=max(attack_steps, 1))
-    ctx = init_distributed(device)
-    try:
-        train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")
-        if n_train is not None:
-            train_set = train_set.subset(n_train)
-        torch.manual_seed(seed)  # the model's initial weights
-        arch_kwargs = _arch_kwargs(arch, train_set, width=width, depth=depth)
-        model = build_model(arch, **arch_kwargs)
-        _check_fits(model, arch, train_set)
-        set_linf_dist_compiled(model, compile_kernel)  # a runtime choice: not in run_info, checkpoints or --resume checks
-        generator = torch.Generator().manual_seed(seed)
-        objective = build_objective(method, threats=parsed, strategy=strategy, attack_steps=attack_steps,
-                                    generator=generator, **options)
-        if eval_threat is not None:
-            evaluated = parse_threat(eval_threat)
-        else:
-            evaluated = parsed[0] if len(parsed) == 1 else (Union(parsed) if parsed else None)
-        out = Path(out_dir) if out_dir is not None else default_out_dir("train")
-        run_info = {"data": data, "n_train": len(train_set), "model": arch, "method": method,
-                    "threats": [t.name for t in parsed], "strategy": strategy, "attack_steps": attack_steps,
-                    "world_size": ctx.world_size, **options}
-        start = time.perf_counter()
-        result = fit(model, objective, (train_set.images, train_set.labels), (test_set.images, test_set.labels),
-                     config, out, eval_threat=evaluated, run_info=run_info, resume=resume, ctx=ctx,
-                     generator=generator, progress=progress)
-        seconds = time.perf_counter() - start
-        if ctx.is_main:
-            _report(result, out, arch, arch_kwargs, run_info, config, evaluated, ctx, seconds)
-    finally:
-        shutdown_distributed(ctx)
-
 
 #: Optimiser defaults per method (an explicit --optimizer/--lr/--weight-decay wins). L∞-dist follows
 #: Zhang et al. 2022 (Adam, lr 0.01 on [0, 1] pixels, no weight decay); LMT uses Adam as in Tsuzuku et al.
@@ -138,15 +37,149 @@ _OPTIMIZER_DEFAULTS = {
 _DEFAULT_ARCH = {"linf-dist": "linf-dist-net", "linf-dist-hybrid": "linf-dist-hybrid"}
 
 
+@click.command("train")
+@threat_option(extra_help=" Implies --method adversarial.")
+@click.option("--strategy", type=click.Choice(["random", "avg", "max"]), default="max", show_default=True,
+              help="How several threats (or a Union's alternatives) combine per batch.")
+@click.option("--method", type=click.Choice(["standard", "adversarial", "lmt", "linf-dist", "linf-dist-hybrid"]),
+              default=None, help="Training method [default: adversarial with --threat, else standard]. linf-dist "
+                                 "with --model linf-dist-hybrid is linf-dist-hybrid (IBP loss on the head).")
+@click.option("--epochs", type=int, default=3, show_default=True,
+              help="Epochs to train (with --resume: may be raised to extend the run).")
+@click.option("--width", type=int, default=None,
+              help="Architecture width (hidden units or channels) of a new model [default: the architecture's].")
+@click.option("--depth", type=int, default=None,
+              help="Architecture depth (hidden layers) of a new model [default: the architecture's].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [default: 0.05; lmt 1e-3; linf-dist 0.01].")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
+              help="[default: sgd; adam for lmt and linf-dist]")
+@click.option("--weight-decay", type=float, default=None,
+              help="L2 penalty of the optimizer [default: 5e-4; 0 for lmt and linf-dist].")
+@click.option("--shift", type=int, default=0, show_default=True, help="Augment: random translations of up to N pixels.")
+@click.option("--schedule", type=click.Choice(["cosine", "multistep", "constant"]), default="cosine", show_default=True)
+@click.option("--attack-steps", type=int, default=7, show_default=True, help="PGD steps of adversarial training.")
+@click.option("--checkpoint-every", type=int, default=0, show_default=True,
+              help="Also checkpoint every N steps (0: epoch ends only).")
+@click.option("--n-train", type=int, default=None, hidden=True, help="Deprecated: --n.")
+@click.option("--eval-n", type=int, default=200, show_default=True, help="Held-out examples attacked each epoch.")
+@click.option("--eval-threat", default=None, metavar="SPEC",
+              help="Threat of the per-epoch robust accuracy [default: the training threat].")
+@click.option("--c", type=float, default=None, help="LMT: target L2 radius c.")
+@click.option("--pairwise", is_flag=True, help="LMT: the tighter pairwise last-layer bound.")
+@eps_option(extra_help=" Here one value: the L-inf-dist training radius of its hinge loss (of the interval bounds "
+                       "for the hybrid).")
+@click.option("--progress/--no-progress", default=None, hidden=True, help="Deprecated: --quiet.")
+@click.option("--compile/--no-compile", "compile", default=True, show_default=True,
+              help="L-inf-dist layers: the compiled p = inf kernel (~2.5x faster on CPU, same results; falls back to "
+                   "the eager kernel with a warning when no C++ compiler works).")
+@model_options(default="mnist-cnn; linf-dist-net for --method linf-dist, linf-dist-hybrid for --method "
+                       "linf-dist-hybrid")
+@data_options(n_default=None, split_default="train", n_note="; the training examples")
+@run_options(batch_size=64)
+def train(**options: Any) -> None:
+    """Train a model and write model.pt, checkpoints/, log.json, curves.png, results.json and config.yaml."""
+    from ..certify.linf_dist_nets import set_linf_dist_compiled
+    from ..threats import Union, parse_threat
+    from ..train import TrainConfig, build_objective, default_method, fit
+
+    parsed = [parse_threat(spec) for spec in options["threat"]]
+    method = options["method"] or default_method(parsed)
+    if method == "linf-dist" and options["model"] == "linf-dist-hybrid":
+        method = "linf-dist-hybrid"  # the hybrid's L-inf-dist training: the p-relaxation plus IBP through the head
+    objective_options = _objective_options(method, options)
+    n = _training_n(options)
+    check_positive(n=n, batch_size=options["batch_size"], epochs=options["epochs"])
+    defaults = _OPTIMIZER_DEFAULTS.get(method, _OPTIMIZER_DEFAULTS["standard"])
+    config = TrainConfig(
+        epochs=options["epochs"], batch_size=options["batch_size"],
+        lr=defaults["lr"] if options["lr"] is None else options["lr"],
+        optimizer=options["optimizer"] or defaults["optimizer"], schedule=options["schedule"], seed=options["seed"],
+        weight_decay=defaults["weight_decay"] if options["weight_decay"] is None else options["weight_decay"],
+        shift=options["shift"], checkpoint_every=options["checkpoint_every"], eval_n=options["eval_n"],
+        eval_attack_steps=max(options["attack_steps"], 1))
+    evaluated = parse_threat(options["eval_threat"]) if options["eval_threat"] is not None else (
+        parsed[0] if len(parsed) == 1 else (Union(tuple(parsed)) if parsed else None))
+    source = options["model"] or _DEFAULT_ARCH.get(method, "mnist-cnn")
+    with start_run("train", options, shard=True) as run:
+        train_set = run.load_data(n=n)
+        held_out = run.load_data(split="test" if options["split"] == "train" else "train", n=None, indices=False)
+        torch.manual_seed(options["seed"])  # the initial weights of a new model
+        model, arch, arch_kwargs = _model(run, source, train_set, options)
+        run.check(model, train_set)
+        run.inputs.setdefault("model", {"kind": "architecture", "spec": source, "arch_kwargs": arch_kwargs})
+        set_linf_dist_compiled(model, options["compile"])  # a runtime choice: not in run_info or --resume checks
+        generator = torch.Generator().manual_seed(options["seed"])
+        objective = build_objective(method, threats=parsed, strategy=options["strategy"],
+                                    attack_steps=options["attack_steps"], generator=generator, **objective_options)
+        run_info = {"data": options["data"], "split": options["split"], "n_train": len(train_set), "model": source,
+                    "method": method, "threats": [t.name for t in parsed], "strategy": options["strategy"],
+                    "attack_steps": options["attack_steps"], "world_size": run.group.world_size, **objective_options,
+                    "inputs": run.inputs}
+        progress = not run.quiet if options["progress"] is None else options["progress"] and not run.quiet
+        start = time.perf_counter()
+        result = fit(model, objective, train_set, held_out, config, run.out, eval_threat=evaluated, run_info=run_info,
+                     resume=run.resuming, ctx=run.group, generator=generator, progress=progress)
+        if run.group.is_main:
+            resolved = {"model": source, "method": method, "n": n, "lr": config.lr, "optimizer": config.optimizer,
+                        "weight_decay": config.weight_decay,
+                        "eps": [objective_options["eps"]] if "eps" in objective_options else []}
+            _report(run, result, arch, arch_kwargs, run_info, config, evaluated, time.perf_counter() - start, resolved)
+
+
+def _training_n(options: dict[str, Any]) -> int | None:
+    """``--n`` (or the deprecated ``--n-train``)."""
+    if options["n"] is not None and options["n_train"] is not None:
+        raise InvalidInputError("--n-train is the old name of --n; give one of them")
+    return options["n"] if options["n"] is not None else options["n_train"]
+
+
+def _objective_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The method's own options: LMT's ``c``/``pairwise``, L∞-dist's ``eps``; refused for other methods."""
+    if options["c"] is not None or options["pairwise"]:
+        if method != "lmt":
+            raise InvalidInputError(f"--c and --pairwise are LMT options; add --method lmt (method is {method!r})")
+        return {k: v for k, v in (("c", options["c"]), ("pairwise", options["pairwise"] or None)) if v is not None}
+    radii = parse_radii(options["eps"])
+    if radii:
+        if method not in ("linf-dist", "linf-dist-hybrid"):
+            raise InvalidInputError(f"--eps is the L-inf-dist option; add --method linf-dist (method is {method!r})")
+        if len(radii) > 1:
+            raise InvalidInputError(f"train takes one --eps radius, got {len(radii)}")
+        return {"eps": radii[0]}
+    return {}
+
+
+def _model(run, source: str, data, options: dict[str, Any]) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """``(model, arch, arch_kwargs)``: a new registry architecture, or a loaded model to fine-tune (``arch`` is
+    then its checkpoint's architecture, or ``"external"`` for other sources)."""
+    from ..models import ARCHITECTURES, EXTERNAL_ARCH, build_model, read_checkpoint
+
+    loaded = options["weights"] is not None or options["model_args"] is not None or source not in ARCHITECTURES
+    if not loaded:
+        if options["mean"] is not None or options["std"] is not None:
+            raise InvalidInputError("--mean/--std fold a normalisation into a loaded model; a new architecture "
+                                    "learns from [0, 1] pixels")
+        arch_kwargs = _arch_kwargs(source, data, width=options["width"], depth=options["depth"])
+        return build_model(source, **arch_kwargs).to(run.device), source, arch_kwargs
+    for name in ("width", "depth"):
+        if options[name] is not None:
+            raise InvalidInputError(f"--{name} shapes a new architecture; --model {source} is loaded as it is")
+    model = run.load_model(source)
+    origin = model.mistered_source
+    if origin.kind in ("bundled", "checkpoint") and origin.weights is None and origin.mean is None:
+        checkpoint = read_checkpoint(origin.path)  # fine-tuned weights of a mistered architecture stay loadable
+        return model, checkpoint["arch"], checkpoint["arch_kwargs"]
+    return model, EXTERNAL_ARCH, {}
+
+
 def _arch_kwargs(arch: str, data, width: int | None, depth: int | None) -> dict:
     """Builder arguments: the class count, the input shape where the builder takes it, and --width/--depth."""
     import inspect
 
-    from ..errors import InvalidInputError
     from ..models.registry import get_builder
 
     accepted = inspect.signature(get_builder(arch)).parameters
-    channels, size = data.images.shape[1], data.images.shape[-1]
+    channels, size = data.sample_shape[0], data.sample_shape[-1]
     kwargs = {"num_classes": data.num_classes}
     kwargs.update({k: v for k, v in (("in_channels", channels), ("image_size", size)) if k in accepted})
     for name, value in (("width", width), ("depth", depth)):
@@ -154,58 +187,43 @@ def _arch_kwargs(arch: str, data, width: int | None, depth: int | None) -> dict:
             continue
         if name not in accepted:
             raise InvalidInputError(f"architecture {arch!r} has no {name!r}; it takes {', '.join(accepted)}")
-        if value < 1:
-            raise InvalidInputError(f"--{name} must be >= 1, got {value}")
+        check_positive(**{name: value})
         kwargs[name] = value
     return kwargs
 
 
-def _check_fits(model: torch.nn.Module, arch: str, data) -> None:
-    """One forward pass on one training image, so data the architecture cannot take is a clear error."""
-    from ..errors import InvalidInputError
-
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(data.images[:1])
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise InvalidInputError(
-            f"architecture {arch!r} cannot take {data.name} images of shape {tuple(data.images.shape[1:])} "
-            f"({reason}); choose an architecture for this data with --model"
-        ) from None
-    finally:
-        model.train()
-
-
-def _report(result, out, arch, arch_kwargs, run_info, config, evaluated, ctx, seconds) -> None:
-    """Rank 0: save the final model, write results.json and print the per-epoch table."""
+def _report(run, result, arch, arch_kwargs, run_info, config, evaluated, seconds, resolved) -> None:
+    """Rank 0: save the final model, write results.json and config.yaml, print the per-epoch table."""
     from dataclasses import asdict
 
     from rich.console import Console
     from rich.table import Table
 
     from ..models import save_model
-    from ..results import make_record, write_record
+    from ..results import make_record
 
     last = result.history[-1] if result.history else {}
-    meta = {**run_info, "command": "mistered " + shlex.join(sys.argv[1:]), "epochs": len(result.history),
-            "train_examples": run_info["n_train"], "dataset": run_info["data"], "test_accuracy": last.get("clean_acc"),
-            "robust_accuracy": last.get("robust_acc"), "eval_threat": evaluated.name if evaluated is not None else None,
-            "torch": torch.__version__}
-    save_model(out / "model.pt", result.model.cpu(), arch, arch_kwargs, meta)
-    settings = {**run_info, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+    meta = {**{k: v for k, v in run_info.items() if k != "inputs"}, "command": "mistered " + shlex.join(sys.argv[1:]),
+            "epochs": len(result.history), "train_examples": run_info["n_train"], "dataset": run_info["data"],
+            "test_accuracy": last.get("clean_acc"), "robust_accuracy": last.get("robust_acc"),
+            "eval_threat": evaluated.name if evaluated is not None else None, "torch": torch.__version__}
+    save_model(run.out / "model.pt", result.model.cpu(), arch, arch_kwargs, meta)
+    settings = {**run.settings(resolved), **{k: v for k, v in run_info.items() if k != "inputs"},
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
                 "eval_threat": meta["eval_threat"]}
     summary = {"clean_acc": last.get("clean_acc"), "robust_acc": last.get("robust_acc"), "steps": result.steps,
                "epochs": len(result.history)}
-    record = make_record("train", settings, ctx.device, {"total": seconds}, summary, history=result.history)
-    write_record(out, record)
+    record = make_record("train", settings, run.device, {"total": seconds}, summary, history=result.history,
+                         inputs=run.inputs)
+    run.write(record, resolved)
     table = Table(title=f"mistered train: {run_info['method']} on {run_info['data']}")
     for column in ("epoch", "loss", "train acc", "held-out clean", f"under {meta['eval_threat'] or '-'}"):
         table.add_column(column, justify="right")
     for h in result.history:
         robust = "-" if h.get("robust_acc") is None else f"{h['robust_acc']:.3f}"
-        table.add_row(str(h["epoch"]), f"{h['train_loss']:.4f}", f"{h['train_acc']:.3f}", f"{h['clean_acc']:.3f}", robust)
+        table.add_row(str(h["epoch"]), f"{h['train_loss']:.4f}", f"{h['train_acc']:.3f}", f"{h['clean_acc']:.3f}",
+                      robust)
     console = Console()
     console.print(table)
-    console.print(f"model: {out / 'model.pt'}  curves: {out / 'curves.png'}  record: {out / 'results.json'}")
+    console.print(f"model: {run.out / 'model.pt'}  curves: {run.out / 'curves.png'}  "
+                  f"record: {run.out / 'results.json'}")

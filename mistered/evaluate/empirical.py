@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,9 +27,9 @@ from ..attacks import Attack, build_attack
 from ..attacks.torchattacks_adapter import TorchattacksAttack
 from ..errors import InvalidInputError
 from ..threats import Additive, Threat
-from .state import EvaluationState
+from .state import RunState
 
-__all__ = ["AUTOATTACK_MODES", "EnsembleMember", "PointOutcome", "build_ensemble", "run_point", "predict"]
+__all__ = ["AUTOATTACK_MODES", "EnsembleMember", "build_ensemble", "attack_chunk", "predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,27 +44,6 @@ class EnsembleMember:
     name: str
     attack: Attack
     gradient_free: bool = False
-
-
-@dataclass
-class PointOutcome:
-    """The ensemble's worst case at one evaluation point, over all ``N`` examples.
-
-    Attributes:
-        x_adv: ``(N, C, H, W)`` the kept adversarial examples (the clean image where nothing was tried).
-        fooled: ``(N,)`` bool, misclassified clean or fooled by some attack (the attacks' own verdict).
-        robust: ``(N,)`` bool, the model's prediction on ``x_adv`` equals the label: the reported verdict.
-        robust_after: ``{attack: accuracy}`` robust accuracy after each attack in order (cumulative).
-        gradient_free_wins: examples fooled only by the gradient-free attack.
-        seconds: ``{attack: seconds}``.
-    """
-
-    x_adv: torch.Tensor
-    fooled: torch.Tensor
-    robust: torch.Tensor
-    robust_after: dict[str, float]
-    gradient_free_wins: int
-    seconds: dict[str, float]
 
 
 def build_ensemble(model: nn.Module, threat: Threat, num_classes: int, image_size: int = 28, *, steps: int = 20,
@@ -106,48 +86,45 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.de
     return torch.cat([model(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)])
 
 
-def run_point(key: str, members: list[EnsembleMember], model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-              clean_correct: torch.Tensor, state: EvaluationState, batch_size: int, device: torch.device,
-              on_chunk: Callable[[str], None] | None = None) -> PointOutcome:
-    """Run the ensemble on ``x`` ``(N, C, H, W)`` (CPU) chunk by chunk, skipping chunks saved in ``state``.
+def attack_chunk(key: str, members: list[EnsembleMember], model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 clean_correct: torch.Tensor, state: RunState, start: int, device: torch.device,
+                 on_chunk: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the ensemble on one chunk ``x`` ``(b, C, H, W)`` (CPU; examples ``start ... start + b - 1``),
+    each attack on the examples the earlier ones did not fool; skips the attacks saved in ``state``.
 
-    ``key`` names the point in the state; ``on_chunk(chunk_key)`` is called after each newly saved chunk.
+    ``key`` names the point in the state; ``on_chunk(chunk_key)`` is called after each newly saved attack.
+    Returns ``{"x_adv" (b, C, H, W), "fooled" (b,) the attacks' verdict, "robust" (b,) the model's prediction
+    on x_adv equals the label (the reported verdict), "robust_count" {attack: examples left unfooled after it},
+    "seconds" {attack: s}, "wins": examples only the gradient-free attack fooled}``.
     """
-    n = x.shape[0]
-    x_adv, fooled = x.clone(), ~clean_correct.clone()
-    robust_count = {m.name: 0 for m in members}
-    seconds = {m.name: 0.0 for m in members}
-    wins = 0
-    for start in range(0, n, batch_size):
-        rows_all = slice(start, min(start + batch_size, n))
-        xc, yc = x[rows_all], y[rows_all]
-        adv_c, fooled_c = xc.clone(), fooled[rows_all].clone()
-        for index, member in enumerate(members):
-            chunk_key = f"attack|{key}|{member.name}|{rows_all.start}-{rows_all.stop}"
-            saved = state.load(chunk_key)
-            if saved is None:
-                began = time.perf_counter()
-                rows = torch.nonzero(~fooled_c).flatten()
-                newly = torch.zeros(0, dtype=torch.bool)
-                if rows.numel():
-                    result = member.attack(xc[rows].to(device), yc[rows].to(device))
-                    newly = result.success.cpu()
-                    update = rows if index == 0 else rows[newly]
-                    adv_c[update] = result.x_adv.cpu()[slice(None) if index == 0 else newly]
-                    fooled_c[rows[newly]] = True
-                saved = {"x_adv": adv_c, "fooled": fooled_c, "newly": int(newly.sum()),
-                         "seconds": time.perf_counter() - began}
-                state.save(chunk_key, saved)
-                if on_chunk is not None:
-                    on_chunk(chunk_key)
-            adv_c, fooled_c = saved["x_adv"].clone(), saved["fooled"].clone()
-            robust_count[member.name] += int((~fooled_c).sum())
-            seconds[member.name] += float(saved["seconds"])
-            if member.gradient_free:
-                wins += int(saved["newly"])
-        x_adv[rows_all], fooled[rows_all] = adv_c, fooled_c
-    robust = predict(model, x_adv, batch_size, device).argmax(dim=1) == y
+    stop = start + x.shape[0]
+    adv, fooled = x.clone(), ~clean_correct.clone()
+    robust_count, seconds, wins = {}, {}, 0
+    for index, member in enumerate(members):
+        chunk_key = f"attack|{key}|{member.name}|{start}-{stop}"
+        saved = state.load(chunk_key)
+        if saved is None:
+            began = time.perf_counter()
+            rows = torch.nonzero(~fooled).flatten()
+            newly = torch.zeros(0, dtype=torch.bool)
+            if rows.numel():
+                result = member.attack(x[rows].to(device), y[rows].to(device))
+                newly = result.success.cpu()
+                update = rows if index == 0 else rows[newly]
+                adv[update] = result.x_adv.cpu()[slice(None) if index == 0 else newly]
+                fooled[rows[newly]] = True
+            saved = {"x_adv": adv, "fooled": fooled, "newly": int(newly.sum()), "seconds": time.perf_counter() - began}
+            state.save(chunk_key, saved)
+            if on_chunk is not None:
+                on_chunk(chunk_key)
+        adv, fooled = saved["x_adv"].clone(), saved["fooled"].clone()
+        robust_count[member.name] = int((~fooled).sum())
+        seconds[member.name] = float(saved["seconds"])
+        if member.gradient_free:
+            wins += int(saved["newly"])
+    robust = predict(model, adv, x.shape[0], device).argmax(dim=1) == y
     flipped = int((robust == fooled).sum())
     if flipped:
         logger.debug("%s: %d verdicts differ between the attacks' batches and the final forward pass", key, flipped)
-    return PointOutcome(x_adv, fooled, robust, {k: v / max(n, 1) for k, v in robust_count.items()}, wins, seconds)
+    return {"x_adv": adv, "fooled": fooled, "robust": robust, "robust_count": robust_count, "seconds": seconds,
+            "wins": wins}

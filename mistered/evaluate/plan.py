@@ -21,6 +21,7 @@ from torch import nn
 
 from ..certify.certificate import Certificate
 from ..errors import InvalidInputError, UnsupportedLayerError
+from ..validation import describe_model, model_device
 
 __all__ = ["CertifierSpec", "CertifierPlan", "CERTIFIERS", "MAX_GEOCERT_RELUS", "plan_certifiers"]
 
@@ -84,7 +85,7 @@ def _lmt_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
 def _linf_dist_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     from ..certify.linf_dist_nets import LinfDistNet
 
-    return None if isinstance(model, LinfDistNet) else f"needs an L∞-dist net, got {type(model).__name__}"
+    return None if isinstance(model, LinfDistNet) else f"needs an L∞-dist net, got {describe_model(model)}"
 
 
 def _linf_dist_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
@@ -97,10 +98,9 @@ def _count_relus(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     counts: list[int] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: counts.append(out[0].numel()))
              for m in model.modules() if isinstance(m, nn.ReLU)]
-    param = next(model.parameters(), None)
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu"))
+            model(torch.zeros(1, *input_shape, device=model_device(model)))
     finally:
         for hook in hooks:
             hook.remove()
@@ -108,12 +108,13 @@ def _count_relus(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def _geocert_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-    from ..certify.plnet import PiecewiseLinearNet
+    from ..certify.plnet import PiecewiseLinearNet, check_piecewise_model
 
-    relus = _count_relus(model, input_shape)
-    if relus > MAX_GEOCERT_RELUS:
-        return f"{relus} ReLUs is too many for an exact search (at most {MAX_GEOCERT_RELUS}); use a small fully connected net such as mnist-fc"
     try:
+        relus = _count_relus(check_piecewise_model(model), input_shape)
+        if relus > MAX_GEOCERT_RELUS:
+            return (f"{relus} ReLUs is too many for an exact search (at most {MAX_GEOCERT_RELUS}); "
+                    "use a small fully connected net such as mnist-fc")
         PiecewiseLinearNet.from_module(model, input_shape)
     except (UnsupportedLayerError, InvalidInputError) as error:
         return f"not a piecewise-linear ReLU net: {error}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..errors import InvalidInputError
 from ..threats import Additive, Threat, parse_threat
 
-__all__ = ["DEFAULT_EPS", "SWEPT", "EvalPoint", "parse_eps", "build_points", "union_levels"]
+__all__ = ["DEFAULT_EPS", "SWEPT", "EvalPoint", "parse_number", "parse_eps", "build_points", "union_levels"]
 
 #: Default ε lists (pixel units of [0, 1] images) for the bundled MNIST data.
 DEFAULT_EPS: dict[str, tuple[float, ...]] = {"linf": (0.05, 0.1, 0.2, 0.3), "l2": (0.5, 1.0, 1.5, 2.0)}
@@ -45,6 +45,16 @@ class EvalPoint:
         return self.threat.norm if isinstance(self.threat, Additive) else None
 
 
+def parse_number(text: str) -> float:
+    """A number as a user writes a radius: ``"0.1"``, ``"1e-2"`` or a fraction ``"8/255"``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    numerator, slash, denominator = text.strip().partition("/")
+    return float(numerator) / float(denominator) if slash else float(numerator)
+
+
 def parse_eps(values: list[str] | tuple[str, ...]) -> dict[str, tuple[float, ...]]:
     """Parse ``--eps`` values: ``"linf=0.1,0.3"``, ``"l2=1,2"``, or a bare list applied to every swept norm.
 
@@ -58,8 +68,8 @@ def parse_eps(values: list[str] | tuple[str, ...]) -> dict[str, tuple[float, ...
             raise InvalidInputError(f"--eps {value!r}: the norm must be one of {', '.join(SWEPT)}, e.g. linf=0.1,0.3")
         text = numbers if sep else value
         try:
-            parsed = tuple(sorted({float(part) for part in text.split(",") if part.strip()}))
-        except ValueError:
+            parsed = tuple(sorted({parse_number(part) for part in text.split(",") if part.strip()}))
+        except (ValueError, ZeroDivisionError):
             raise InvalidInputError(f"--eps {value!r}: expected comma-separated numbers, e.g. linf=0.05,0.1,0.3") from None
         if not parsed or any(not (e > 0 and e != float("inf")) for e in parsed):
             raise InvalidInputError(f"--eps {value!r}: give at least one finite positive ε")

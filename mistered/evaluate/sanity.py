@@ -56,7 +56,8 @@ def masking_warning(threat: str, gradient_free_wins: int, attacked: int) -> str 
     return warning
 
 
-def check_soundness(threat: str, cert: Certificate, fooled: torch.Tensor, distance: torch.Tensor) -> None:
+def check_soundness(threat: str, cert: Certificate, fooled: torch.Tensor, distance: torch.Tensor,
+                    offset: int = 0) -> None:
     """Raise :class:`UnsoundResultError` where an attack fooled an example inside its certified radius.
 
     Args:
@@ -64,6 +65,7 @@ def check_soundness(threat: str, cert: Certificate, fooled: torch.Tensor, distan
         cert: a certificate of the first ``m`` examples (radius ``(m,)``, in the threat's norm).
         fooled: ``(N,)`` bool, ``N >= m``: clean-correct examples the attacks fooled.
         distance: ``(N,)`` the attacks' distances in the certificate's norm.
+        offset: the position of the first example in the whole evaluation (for the message).
     """
     m = cert.radius.shape[0]
     certified = (cert.predictions == cert.labels) & (cert.radius > distance[:m] * (1 + SOUNDNESS_RTOL) + 1e-7)
@@ -71,7 +73,7 @@ def check_soundness(threat: str, cert: Certificate, fooled: torch.Tensor, distan
     if bad.numel():
         i = int(bad[0])
         raise UnsoundResultError(
-            f"{cert.method} certified example {i} at {cert.norm} radius {float(cert.radius[i]):.6g} but an attack at "
+            f"{cert.method} certified example {offset + i} at {cert.norm} radius {float(cert.radius[i]):.6g} but an attack at "
             f"{threat} fooled it at distance {float(distance[i]):.6g} ({bad.numel()} such example(s)): the certificate "
             "or the model is unsound; report this with the model and the command"
         )
