@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _report import machine_description
+from _report import machine_description, update_section
 
 from mistered.data import LabeledImages, iterate_batches, load_dataset, make_loader
 from mistered.memory import peak_rss_growth
@@ -103,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,50000", help="data set sizes (comma list)")
     parser.add_argument("--folder-sizes", default="1000,50000", help="sizes also written as image folders")
+    parser.add_argument("--record", action="store_true", help="write the table to benchmarks/RESULTS.md")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "WARM_UP", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -124,11 +125,18 @@ def main() -> None:
                 rows.append(f"| {n:,} | {mode} | {_mb(result['growth'])} | {result['growth'] / base['growth']:.3f} "
                             f"| {result['seconds']:.2f} |")
     float_mb = _mb(4 * np.prod(SHAPE) * max(sizes))
-    print(f"Peak RSS growth while loading and streaming once (batches of {BATCH}); {machine_description()}.\n"
-          f"Float32 pixels of {max(sizes):,} images: {float_mb} MB.\n")
-    print("| images | how | peak RSS growth (MB) | ratio to in-memory | seconds |")
-    print("|---:|---|---:|---:|---:|")
-    print("\n".join(rows))
+    text = "\n".join([
+        f"Peak RSS growth while loading and streaming once (batches of {BATCH}); {machine_description()}.",
+        f"Float32 pixels of {max(sizes):,} images: {float_mb} MB.",
+        "",
+        "| images | how | peak RSS growth (MB) | ratio to in-memory | seconds |",
+        "|---:|---|---:|---:|---:|",
+        *rows,
+    ])
+    print(text)
+    if args.record:
+        update_section("data_memory", "## Streaming data: peak memory vs data set size (`benchmarks/data_memory.py`)\n\n"
+                       + text + "\n")
 
 
 if __name__ == "__main__":
