@@ -10,8 +10,9 @@ import torch
 __all__ = ["Certificate", "STATUSES"]
 
 #: Per-example statuses: ``exact`` (radius is the true minimal adversarial distance), ``certified``
-#: (radius is a sound lower bound), ``timeout`` (anytime bounds only), ``misclassified`` (radius 0).
-STATUSES = ("exact", "certified", "timeout", "misclassified")
+#: (radius is a sound lower bound), ``timeout`` (anytime bounds only), ``misclassified`` (radius 0),
+#: ``abstain`` (randomized smoothing could not decide the class at its confidence; radius 0).
+STATUSES = ("exact", "certified", "timeout", "misclassified", "abstain")
 
 
 @dataclass

@@ -55,7 +55,19 @@ def _certify_fast(run: Run, method: str, model, data, state) -> Any:
     from ..certify.lmt import LMTCertifier
     from ..sharding import shard_batches
 
-    certify = LMTCertifier(model).certify if method == "lmt" else (lambda a, b: certify_linf_dist(model, a, b))
+    if method == "smoothing":
+        from ..certify.smoothing import smooth
+
+        o = run.options
+        smoothed = smooth(model, o["sigma"], batch=o["noise_batch"])
+        certify = lambda a, b, first: smoothed.certify(  # noqa: E731
+            a, b, n0=o["n0"], n=o["samples"], alpha=o["alpha"],
+            generator=torch.Generator().manual_seed(o["seed"] * 2**32 + first))
+    elif method == "lmt":
+        lmt = LMTCertifier(model)
+        certify = lambda a, b, first: lmt.certify(a, b)  # noqa: E731
+    else:
+        certify = lambda a, b, first: certify_linf_dist(model, a, b)  # noqa: E731
     n, batch_size = len(data), run.options["batch_size"]
     columns = {"radius": torch.empty(n), "upper": torch.empty(n), "predictions": torch.empty(n, dtype=torch.int64),
                "labels": torch.empty(n, dtype=torch.int64)}
@@ -66,7 +78,7 @@ def _certify_fast(run: Run, method: str, model, data, state) -> Any:
             key = f"certify|{rows.start}-{rows.stop}"
             part = state.load(key)
             if part is None:
-                cert = certify(x.to(run.device), y.to(run.device))
+                cert = certify(x.to(run.device), y.to(run.device), rows.start)
                 part = {**{k: getattr(cert, k).detach().cpu() for k in columns}, "status": list(cert.status),
                         "seconds": cert.seconds, "method": cert.method, "norm": cert.norm,
                         "details": {k: v for k, v in cert.details.items() if isinstance(v, (int, float, str))}}
@@ -168,6 +180,7 @@ METHODS: dict[str, MethodSpec] = {
     "lmt": MethodSpec("mnist-lmt", "l2", (0.1, 0.3, 0.5, 1.0), None, _run_fast),
     "linf-dist": MethodSpec("mnist-linf-dist", "linf", (0.1, 0.2, 0.3), None, _run_fast),
     "geocert": MethodSpec("mnist-fc", "l2", (), 3, _run_geocert),
+    "smoothing": MethodSpec("mnist-cnn", "l2", (0.25, 0.5, 0.75, 1.0), 100, _run_fast),
 }
 
 
@@ -185,6 +198,11 @@ METHODS: dict[str, MethodSpec] = {
               help="linf-dist: the compiled p = inf kernel of the L-inf-dist layers (same radii; pays ~2-4 s of "
                    "compiling per layer width, so it wins only on large test sets; falls back to the eager kernel "
                    "with a warning when no C++ compiler works).")
+@click.option("--sigma", type=float, default=None, help="smoothing: the noise level (pixel units), required.")
+@click.option("--n0", type=int, default=100, show_default=True, help="smoothing: selection draws per example.")
+@click.option("--samples", type=int, default=10_000, show_default=True, help="smoothing: estimation draws per example (Cohen et al.'s n).")
+@click.option("--alpha", type=float, default=0.001, show_default=True, help="smoothing: each radius fails with probability at most alpha.")
+@click.option("--noise-batch", type=int, default=1000, show_default=True, help="smoothing: noisy inputs per forward pass.")
 @model_options(default="the method's bundled model: mnist-lmt, mnist-linf-dist or mnist-fc")
 @data_options(n_default=None, n_note="; 3 for geocert")
 @run_options(batch_size=500)
@@ -201,6 +219,8 @@ def certify(**options: Any) -> None:
         raise InvalidInputError("--eps applies to lmt and linf-dist; geocert reports each example's exact radius")
     if method == "geocert" and not options["time_limit"] > 0:
         raise InvalidInputError(f"--time-limit must be positive seconds, got {options['time_limit']}")
+    if method == "smoothing" and options["sigma"] is None:
+        raise InvalidInputError("--method smoothing needs --sigma, the noise level the model was trained with (e.g. 0.25)")
     n = options["n"] if options["n"] is not None else spec.n
     resolved = {"model": options["model"] or spec.model, "eps": eps_list, "n": n, "norm": norm or spec.norm}
     with start_run(f"certify-{method}", options) as run:

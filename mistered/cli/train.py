@@ -41,7 +41,8 @@ _DEFAULT_ARCH = {"linf-dist": "linf-dist-net", "linf-dist-hybrid": "linf-dist-hy
 @threat_option(extra_help=" Implies --method adversarial.")
 @click.option("--strategy", type=click.Choice(["random", "avg", "max"]), default="max", show_default=True,
               help="How several threats (or a Union's alternatives) combine per batch.")
-@click.option("--method", type=click.Choice(["standard", "adversarial", "lmt", "linf-dist", "linf-dist-hybrid"]),
+@click.option("--sigma", type=float, default=None, help="smoothing: the Gaussian noise level (pixel units of [0, 1] images).")
+@click.option("--method", type=click.Choice(["standard", "adversarial", "lmt", "linf-dist", "linf-dist-hybrid", "smoothing"]),
               default=None, help="Training method [default: adversarial with --threat, else standard]. linf-dist "
                                  "with --model linf-dist-hybrid is linf-dist-hybrid (IBP loss on the head).")
 @click.option("--epochs", type=int, default=3, show_default=True,
@@ -134,7 +135,12 @@ def _training_n(options: dict[str, Any]) -> int | None:
 
 
 def _objective_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The method's own options: LMT's ``c``/``pairwise``, L∞-dist's ``eps``; refused for other methods."""
+    """The method's own options: LMT's ``c``/``pairwise``, L∞-dist's ``eps``, smoothing's ``sigma``; refused for other
+    methods."""
+    if options["sigma"] is not None:
+        if method != "smoothing":
+            raise InvalidInputError(f"--sigma is the smoothing option; add --method smoothing (method is {method!r})")
+        return {"sigma": options["sigma"]}
     if options["c"] is not None or options["pairwise"]:
         if method != "lmt":
             raise InvalidInputError(f"--c and --pairwise are LMT options; add --method lmt (method is {method!r})")

@@ -1,6 +1,7 @@
-"""Training methods by name: ``standard``, ``adversarial``, ``lmt``, ``linf-dist``, ``linf-dist-hybrid`` -> an Objective.
+"""Training methods by name: ``standard``, ``adversarial``, ``lmt``, ``linf-dist``, ``linf-dist-hybrid``,
+``smoothing`` -> an Objective.
 
-LMT and L∞-dist objectives are imported only when asked for (they pull in :mod:`mistered.certify`).
+LMT, L∞-dist and smoothing objectives are imported only when asked for (they pull in :mod:`mistered.certify`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ _LAZY: dict[str, str] = {
     "lmt": "mistered.train.lmt:LMTObjective",
     "linf-dist": "mistered.train.linf_dist:LinfDistObjective",
     "linf-dist-hybrid": "mistered.train.linf_dist:LinfDistHybridObjective",
+    "smoothing": "mistered.train.smoothing:GaussianNoiseObjective",
 }
+#: lazily imported methods that draw their randomness from the training loop's generator
+_TAKES_GENERATOR = frozenset({"smoothing"})
+#: options a method cannot do without, with how to give them on the command line
+_REQUIRED = {"smoothing": {"sigma": "--sigma, the noise level in pixel units, e.g. 0.25"}}
 METHODS: tuple[str, ...] = ("standard", "adversarial", *_LAZY)
 
 
@@ -46,8 +52,11 @@ def build_objective(
     Args:
         method: one of :data:`METHODS`.
         threats: the threats of adversarial training (required for, and only for, ``"adversarial"``).
-        strategy, attack_steps, generator: see :class:`~mistered.train.adversarial.AdversarialObjective`.
-        **options: keyword options of the LMT / L∞-dist objective (e.g. ``c``, ``pairwise`` for LMT).
+        strategy, attack_steps: see :class:`~mistered.train.adversarial.AdversarialObjective`.
+        generator: the training loop's generator: adversarial training draws its attacks' seeds from it,
+            smoothing its noise.
+        **options: keyword options of the LMT / L∞-dist / smoothing objective (e.g. ``c``, ``pairwise`` for LMT;
+            ``sigma`` for smoothing, required).
 
     Raises:
         InvalidInputError: unknown method, a threat without adversarial training (or the reverse), or
@@ -61,11 +70,17 @@ def build_objective(
     elif threats:
         raise InvalidInputError(f"method {method!r} does not train against a threat; drop --threat or use --method adversarial")
     if method in ("standard", "adversarial") and options:
-        raise InvalidInputError(f"method {method!r} takes no options {sorted(options)} (they belong to lmt/linf-dist/linf-dist-hybrid)")
+        raise InvalidInputError(
+            f"method {method!r} takes no options {sorted(options)} (they belong to {', '.join(_LAZY)})")
     if method == "standard":
         return StandardObjective()
     if method == "adversarial":
         return AdversarialObjective(threats, strategy=strategy, steps=attack_steps, generator=generator)
+    missing = [f"{name} ({how})" for name, how in _REQUIRED.get(method, {}).items() if name not in options]
+    if missing:
+        raise InvalidInputError(f"method {method!r} needs {', '.join(missing)}")
+    if method in _TAKES_GENERATOR:
+        options = {**options, "generator": generator}
     module_name, class_name = _LAZY[method].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     try:
