@@ -74,3 +74,24 @@ def test_geocert_l2_search_is_branch_by_default_and_regions_on_request(tmp_path,
 def test_unknown_geocert_search_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["certify", "--method", "geocert", "--search", "bfs", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "bfs" in result.output
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_bound_engine_methods_certify_any_norm_and_keep_the_record_format(tmp_path, method, norm):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["certify", "--method", method, "--norm", norm, "--n", "3", "--eps", "0.001",
+                                       "--model", "mnist-fc", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "results.json").read_text())
+    assert record["norm"] == norm and set(record["summary"]["certified_accuracy"]) == {"0.001"}
+
+
+def test_bound_engine_names_an_unsupported_operation_and_its_source_line(tmp_path):
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(784, 10)\n\n"
+        "    def forward(self, x):\n        return torch.sigmoid(self.fc(x.flatten(1)))\n")
+    result = CliRunner().invoke(main, ["certify", "--method", "crown", "--model", f"{tmp_path / 'net.py'}:Net",
+                                       "--n", "2", "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 2 and "sigmoid" in result.output and "net.py:11" in result.output, result.output

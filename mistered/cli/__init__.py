@@ -22,7 +22,7 @@ __all__ = ["main"]
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "attack": ("mistered.cli.attack", "attack", "Attack a model under a threat model and report robust accuracy."),
     "train": ("mistered.cli.train", "train", "Train a model: standard, adversarial, LMT or L-inf-dist."),
-    "certify": ("mistered.cli.certify", "certify", "Certify robustness: LMT, L-inf-dist or GeoCert."),
+    "certify": ("mistered.cli.certify", "certify", "Certify robustness: LMT, L-inf-dist, GeoCert, smoothing, IBP/CROWN/alpha-CROWN."),
     "lipschitz": ("mistered.cli.lipschitz", "lipschitz", "Compare Lipschitz estimators, LipMIP included."),
     "evaluate": ("mistered.cli.evaluate", "evaluate", "Empirical vs certified robustness in one report."),
 }

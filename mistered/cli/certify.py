@@ -4,7 +4,10 @@ Methods (one entry of :data:`METHODS` each, with its default model, norm, radii 
 
 * ``lmt``: Lipschitz-margin L2 radii (one forward pass; the bound is computed once);
 * ``linf-dist``: L∞ radii ``margin / 2`` of an L∞-dist net;
-* ``geocert``: exact minimal distances (slow; a few examples).
+* ``geocert``: exact minimal distances (slow; a few examples);
+* ``smoothing``: randomized smoothing's probabilistic L2 radii (any model; forward passes only);
+* ``ibp``, ``crown``, ``alpha-crown``: the bound engine on the traced graph of any supported network
+  (:mod:`mistered.certify.bounds`), in L∞, L2 or L1.
 
 The fast methods stream the examples in batches and print certified accuracy at each ``--eps``; every method
 writes ``results.json``, ``config.yaml`` and a plot. Finished batches (GeoCert: examples) are saved under
@@ -42,7 +45,42 @@ class MethodSpec:
     run: Callable[..., None]
 
 
-def _certify_fast(run: Run, method: str, model, data, state) -> Any:
+#: The bound engine's methods: any traced network, any norm.
+BOUND_METHODS = ("ibp", "crown", "alpha-crown")
+#: Their default radii per norm (pixel units of [0, 1] images).
+BOUND_EPS = {"linf": (0.005, 0.01, 0.02), "l2": (0.1, 0.25, 0.5), "l1": (0.5, 1.0, 2.0)}
+
+
+def _certifier(run: Run, method: str, model, data, resolved: dict[str, Any]) -> Callable[..., Any]:
+    """``certify(x, y, first_row) -> Certificate`` for one batch, by ``method``."""
+    import torch
+
+    o = run.options
+    if method == "smoothing":
+        from ..certify.smoothing import smooth
+
+        smoothed = smooth(model, o["sigma"], batch=o["noise_batch"])
+        return lambda a, b, first: smoothed.certify(
+            a, b, n0=o["n0"], n=o["samples"], alpha=o["alpha"],
+            generator=torch.Generator().manual_seed(o["seed"] * 2**32 + first))
+    if method in BOUND_METHODS:
+        from ..certify.bounds import certify_bounds
+        from ..certify.graph import trace_graph
+
+        graph = trace_graph(model, tuple(data.sample_shape))
+        return lambda a, b, first: certify_bounds(graph, a, b, eps=resolved["eps"], norm=resolved["norm"],
+                                                  method=method)
+    if method == "lmt":
+        from ..certify.lmt import LMTCertifier
+
+        lmt = LMTCertifier(model)
+        return lambda a, b, first: lmt.certify(a, b)
+    from ..certify.linf_dist_nets import certify_linf_dist
+
+    return lambda a, b, first: certify_linf_dist(model, a, b)
+
+
+def _certify_fast(run: Run, method: str, model, data, state, resolved: dict[str, Any]) -> Any:
     """Certify ``data`` batch by batch with the library's LMT or L∞-dist certifier; one Certificate of all.
 
     Each batch's results are copied into tensors of all ``N`` examples allocated up front: a long-lived small
@@ -51,23 +89,9 @@ def _certify_fast(run: Run, method: str, model, data, state) -> Any:
     import torch
 
     from ..certify.certificate import Certificate
-    from ..certify.linf_dist_nets import certify_linf_dist
-    from ..certify.lmt import LMTCertifier
     from ..sharding import shard_batches
 
-    if method == "smoothing":
-        from ..certify.smoothing import smooth
-
-        o = run.options
-        smoothed = smooth(model, o["sigma"], batch=o["noise_batch"])
-        certify = lambda a, b, first: smoothed.certify(  # noqa: E731
-            a, b, n0=o["n0"], n=o["samples"], alpha=o["alpha"],
-            generator=torch.Generator().manual_seed(o["seed"] * 2**32 + first))
-    elif method == "lmt":
-        lmt = LMTCertifier(model)
-        certify = lambda a, b, first: lmt.certify(a, b)  # noqa: E731
-    else:
-        certify = lambda a, b, first: certify_linf_dist(model, a, b)  # noqa: E731
+    certify = _certifier(run, method, model, data, resolved)
     n, batch_size = len(data), run.options["batch_size"]
     columns = {"radius": torch.empty(n), "upper": torch.empty(n), "predictions": torch.empty(n, dtype=torch.int64),
                "labels": torch.empty(n, dtype=torch.int64)}
@@ -126,11 +150,11 @@ def _run_fast(run: Run, model, data, eps_list: list[float], resolved: dict[str, 
     method, started = run.options["method"], time.perf_counter()
     if method == "linf-dist":
         set_linf_dist_compiled(model, run.options["compile"])
-    settings = run.settings(resolved, norm=METHODS[method].norm)
+    settings = run.settings(resolved, norm=resolved["norm"])
     if method == "linf-dist" and run.options["compile"] and compile_failure() is not None:
         settings["compile_failure"] = compile_failure()
     state = open_state(run.out, {"settings": settings, "inputs": run.inputs}, run.resuming, what="certification")
-    cert = _certify_fast(run, method, model, data, state)
+    cert = _certify_fast(run, method, model, data, state, resolved)
     correct = cert.predictions == cert.labels
     summary = {
         "n": len(cert.status),
@@ -181,15 +205,19 @@ METHODS: dict[str, MethodSpec] = {
     "linf-dist": MethodSpec("mnist-linf-dist", "linf", (0.1, 0.2, 0.3), None, _run_fast),
     "geocert": MethodSpec("mnist-fc", "l2", (), 3, _run_geocert),
     "smoothing": MethodSpec("mnist-cnn", "l2", (0.25, 0.5, 0.75, 1.0), 100, _run_fast),
+    **{name: MethodSpec("mnist-cnn", "linf", BOUND_EPS["linf"], 100, _run_fast) for name in BOUND_METHODS},
 }
+#: Methods that take any --norm (the others certify one norm only).
+ANY_NORM = ("geocert", *BOUND_METHODS)
 
 
 @click.command("certify")
 @click.option("--method", type=click.Choice(list(METHODS)), default="lmt", show_default=True)
-@eps_option(extra_help=" lmt/linf-dist: certified accuracy at each [default: lmt 0.1,0.3,0.5,1; linf-dist "
-            "0.1,0.2,0.3]; geocert reports each example's exact radius.")
+@eps_option(extra_help=" Certified accuracy at each [default: lmt 0.1,0.3,0.5,1; linf-dist 0.1,0.2,0.3; smoothing "
+            "0.25,0.5,0.75,1; ibp/crown/alpha-crown linf 0.005,0.01,0.02, l2 0.1,0.25,0.5, l1 0.5,1,2]; geocert reports "
+            "each example's exact radius.")
 @click.option("--norm", type=click.Choice(["l1", "l2", "linf"]), default=None,
-              help="geocert: norm [l2]; lmt is l2, linf-dist linf.")
+              help="geocert: norm [l2]; ibp/crown/alpha-crown: norm [linf]; lmt and smoothing are l2, linf-dist linf.")
 @click.option("--time-limit", type=float, default=20.0, show_default=True, help="geocert: seconds per example.")
 @click.option("--search", type=click.Choice(["auto", "regions", "branch"]), default="auto", show_default=True,
               help="geocert: through the linear regions, or branch and bound over ReLU splits (same exact radius); "
@@ -207,14 +235,16 @@ METHODS: dict[str, MethodSpec] = {
 @data_options(n_default=None, n_note="; 3 for geocert")
 @run_options(batch_size=500)
 def certify(**options: Any) -> None:
-    """Certify robustness: LMT (L2), L∞-dist nets (L∞) or GeoCert (exact)."""
+    """Certify robustness: LMT (L2), L∞-dist nets (L∞), GeoCert (exact), randomized smoothing (L2), or the bound
+    engine (IBP, CROWN, α-CROWN) on any traced network."""
     method = options["method"]
     spec = METHODS[method]
     check_positive(n=options["n"], batch_size=options["batch_size"])
     norm = options["norm"]
-    if method != "geocert" and norm is not None and norm != spec.norm:
+    if method not in ANY_NORM and norm is not None and norm != spec.norm:
         raise InvalidInputError(f"--method {method} certifies the {spec.norm} norm only, got --norm {norm}")
-    eps_list = list(parse_radii(options["eps"]) or spec.eps)
+    norm = norm or spec.norm
+    eps_list = list(parse_radii(options["eps"]) or (BOUND_EPS[norm] if method in BOUND_METHODS else spec.eps))
     if method == "geocert" and eps_list:
         raise InvalidInputError("--eps applies to lmt and linf-dist; geocert reports each example's exact radius")
     if method == "geocert" and not options["time_limit"] > 0:
@@ -222,7 +252,7 @@ def certify(**options: Any) -> None:
     if method == "smoothing" and options["sigma"] is None:
         raise InvalidInputError("--method smoothing needs --sigma, the noise level the model was trained with (e.g. 0.25)")
     n = options["n"] if options["n"] is not None else spec.n
-    resolved = {"model": options["model"] or spec.model, "eps": eps_list, "n": n, "norm": norm or spec.norm}
+    resolved = {"model": options["model"] or spec.model, "eps": eps_list, "n": n, "norm": norm}
     with start_run(f"certify-{method}", options) as run:
         model, data = run.load_inputs(spec.model, n=n)
         spec.run(run, model, data, eps_list, resolved)
