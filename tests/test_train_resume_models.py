@@ -8,20 +8,9 @@ from torch import nn
 
 from mistered.threats import Additive
 from mistered.train import AdversarialObjective, StandardObjective, TrainConfig, fit
+from test_train_resume import _stop_at, _Stop
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit / the TorchScript ONNX exporter
-
-
-class _Stop(Exception):
-    """Stands for the process being killed."""
-
-
-def _stop_at(step: int):
-    def hook(current: int) -> None:
-        if current == step:
-            raise _Stop
-
-    return hook
 
 
 def _plain() -> nn.Module:

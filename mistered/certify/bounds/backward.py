@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..graph import ops
@@ -25,7 +27,8 @@ __all__ = ["backward_lower"]
 
 
 def backward_lower(graph: BoundGraph, start: str, spec: Form | torch.Tensor, boxes: Bounds, input_set: InputSet,
-                   slopes: Slopes | None, linear_only: bool = False, stats: dict | None = None) -> torch.Tensor:
+                   slopes: Slopes | None, linear_only: bool = False, stats: dict | None = None,
+                   visit: Callable[[str, Form], Form] | None = None) -> torch.Tensor:
     """``(R, B)`` lower bounds of ``<spec[r, b], value of start>`` over each example's input set.
 
     Args:
@@ -39,6 +42,8 @@ def backward_lower(graph: BoundGraph, start: str, spec: Form | torch.Tensor, box
         linear_only: relax every nonlinear node by its output box (interval bounds with the affine operations
             after the last nonlinearity folded into the specification, as IBP's margin bounds).
         stats: if given, ``stats["largest"]`` is set to the most values one form held (for chunk sizing).
+        visit: if given, ``visit(node, form)`` sees the complete form on every node's output before it travels on
+            and returns the form to use (branch and bound reads the coefficients and adds its split terms).
     """
     relevant = graph.ancestors(start)
     pending: dict[str, Form] = {start: spec if isinstance(spec, Form) else Form(spec)}
@@ -48,6 +53,8 @@ def backward_lower(graph: BoundGraph, start: str, spec: Form | torch.Tensor, box
         form = pending.pop(node.name, None)
         if node.name not in relevant or form is None:
             continue
+        if visit is not None:
+            form = visit(node.name, form)
         largest = max(largest, form.coef.numel())
         if isinstance(node.op, ops.Input):
             total = total + input_set.lower_bound(form)

@@ -22,6 +22,7 @@ rounding (BatchNorm is folded here, not there).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
@@ -124,7 +125,8 @@ def _refine(graph: BoundGraph, node: Node, box: Box, rows: torch.Tensor, boxes: 
 
 
 def crown_bounds(graph: BoundGraph, input_set: InputSet, source: SlopeSource | None = None,
-                 max_elements: int = DEFAULT_MAX_ELEMENTS, rows: dict[str, torch.Tensor] | None = None) -> Bounds:
+                 max_elements: int = DEFAULT_MAX_ELEMENTS, rows: dict[str, torch.Tensor] | None = None,
+                 tighten: Callable[[str, Box], Box] | None = None) -> Bounds:
     """Boxes ``{node: (lower, upper)}`` ``(B, *shape)`` of every node over ``input_set``, CROWN-refined where a
     relaxation needs them.
 
@@ -135,6 +137,10 @@ def crown_bounds(graph: BoundGraph, input_set: InputSet, source: SlopeSource | N
         rows: per refined node, the flat neuron indices to refine; a node missing from it gets the neurons whose
             relaxation depends on its bounds, and the indices are stored in it (so that α-CROWN's iterations
             refine the same neurons).
+        tighten: if given, ``tighten(node, box)`` replaces every node's interval box before CROWN refines it
+            (refinement only intersects, so the result stays within it): branch and bound intersects with a
+            subdomain's known boxes and clamps split ReLU inputs at their breakpoint. It must return valid bounds
+            over the input set (or ``lower > upper`` where the set is empty).
     """
     source = source or AdaptiveSlopes()
     rows = {} if rows is None else rows
@@ -142,6 +148,8 @@ def crown_bounds(graph: BoundGraph, input_set: InputSet, source: SlopeSource | N
     boxes: Bounds = {graph.input.name: (input_set.lower, input_set.upper)}
     for node in graph.nodes[1:]:
         box = interval(node, [boxes[i] for i in node.inputs])
+        if tighten is not None:
+            box = tighten(node.name, box)
         if node.name in refined:
             if node.name not in rows:
                 rows[node.name] = _rows_to_refine(graph, node, box)
