@@ -44,7 +44,7 @@ def test_rerunning_the_model_on_x_adv_reproduces_success_exactly(trained):
 
 @pytest.mark.parametrize("spec", ["linf(0.1)", "l2(1.0)", "flow(0.05)", "rotation(10deg)", "affine(10deg,0.1)",
                                   "flow(0.05)>>affine(10deg,0.1)>>linf(0.1)", "linf(0.1)||rotation(20deg)",
-                                  "linf(0.3)|ssim<=0.05"])
+                                  "linf(0.3)|dssim<=0.05"])
 def test_every_threat_budget_holds_and_images_stay_valid(trained, spec):
     model, x, y = trained
     result = PGD(model, parse_threat(spec), steps=3, seed=0)(x[:16], y[:16])
@@ -55,8 +55,8 @@ def test_every_threat_budget_holds_and_images_stay_valid(trained, spec):
         assert float(result.distances["linf"].max()) <= 0.1 + 1e-6
     if spec == "l2(1.0)":
         assert float(result.distances["l2"].max()) <= 1.0 + 1e-4
-    if "ssim" in spec:
-        assert float(result.distances["ssim"].max()) <= 0.05 + 1e-5
+    if "dssim" in spec:
+        assert float(result.distances["dssim"].max()) <= 0.05 + 1e-5
 
 
 def test_pgd_is_at_least_as_strong_as_torchattacks_pgd(trained):
@@ -132,8 +132,8 @@ def test_torchattacks_adapter_returns_a_valid_result_inside_the_budget(trained):
 
 def test_perceptual_attack_keeps_the_bound_exactly(trained):
     model, x, y = trained
-    result = PerceptualAttack(model, parse_threat("flow(0.05)>>linf(0.3)|ssim<=0.05"), steps=6)(x[:12], y[:12])
-    assert float(result.distances["ssim"].max()) <= 0.05 + 1e-5
+    result = PerceptualAttack(model, parse_threat("flow(0.05)>>linf(0.3)|dssim<=0.05"), steps=6)(x[:12], y[:12])
+    assert float(result.distances["dssim"].max()) <= 0.05 + 1e-5
     assert bool(result.success.any())
     assert torch.equal(_rerun_success(model, result), result.success)
 

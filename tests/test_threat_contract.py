@@ -15,8 +15,8 @@ THREATS = {
     "flow-smooth": Flow(0.05, smoothness=0.01),
     "combined-unbounded": COMBINED_RAW,
     "combined-smooth": Sequence((Flow(0.1, 0.02), Affine(10.0, 0.1, 0.1), Additive("l2", 1.0))),
-    "combined-ssim": PerceptualBudget(COMBINED_RAW, "ssim", 0.1),
-    "flow-ssim": PerceptualBudget(Flow(0.1), "ssim", 0.05),
+    "combined-dssim": PerceptualBudget(COMBINED_RAW, "dssim", 0.1),
+    "flow-dssim": PerceptualBudget(Flow(0.1), "dssim", 0.05),
     "linf-l2": PerceptualBudget(Additive("linf", 0.3), "l2", 1.0),
 }
 BATCH, SIZE = 4, 16

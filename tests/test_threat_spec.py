@@ -1,5 +1,7 @@
 """The threat spec grammar and presets: what parses to what, round trips, and errors with a caret."""
 
+import warnings
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,7 +29,11 @@ LINF = Additive("linf", 0.3)
         ("flow(0.05, smoothness=0.01)", Flow(0.05, 0.01)),
         (" flow( 0.05 ) >> linf( 0.3 ) ", Sequence((Flow(0.05), LINF))),
         ("linf(0.3)||l2(2)", Union((LINF, Additive("l2", 2.0)))),
-        ("stadv>>linf-small", Sequence((Flow(0.05), Additive("linf", 0.1)))),
+        ("stadv>>linf-small", Sequence((Flow(0.05, 0.01), Additive("linf", 0.1)))),
+        ("linf(0.3)|dssim<=0.05", PerceptualBudget(LINF, "dssim", 0.05)),
+        ("linf(0.3)|ms-dssim<=0.05", PerceptualBudget(LINF, "ms-dssim", 0.05)),
+        ("linf(0.3)|lpips-vgg<=0.1", PerceptualBudget(LINF, "lpips-vgg", 0.1)),
+        ("linf(0.3)|lpips-self<=0.5", PerceptualBudget(LINF, "lpips-self", 0.5)),
     ],
 )
 def test_spec_parses_to_the_threat(spec, expected):
@@ -46,9 +52,22 @@ def test_perceptual_suffix_bounds_the_whole_chain():
 
 
 def test_perceptual_suffix_binds_tighter_than_union():
-    assert parse_threat("linf(0.3)||flow(0.05)|ssim<=0.05") == Union((LINF, PerceptualBudget(Flow(0.05), "ssim", 0.05)))
-    bounded_union = parse_threat("(linf(0.3)||flow(0.05))|ssim<=0.05")
-    assert bounded_union == PerceptualBudget(Union((LINF, Flow(0.05))), "ssim", 0.05)
+    assert parse_threat("linf(0.3)||flow(0.05)|dssim<=0.05") == Union((LINF, PerceptualBudget(Flow(0.05), "dssim", 0.05)))
+    bounded_union = parse_threat("(linf(0.3)||flow(0.05))|dssim<=0.05")
+    assert bounded_union == PerceptualBudget(Union((LINF, Flow(0.05))), "dssim", 0.05)
+
+
+def test_ssim_bound_still_parses_as_the_dissimilarity_with_a_warning_saying_what_it_means():
+    with pytest.warns(FutureWarning, match=r"it means dssim = 1 - SSIM .* so 'ssim<=b' allows SSIM >= 1 - b; write 'dssim<=b'"):
+        threat = parse_threat("linf(0.3)|ssim<=0.05")
+    assert threat == PerceptualBudget(LINF, "dssim", 0.05) and threat.name == "linf(0.3)|dssim<=0.05"
+
+
+def test_the_new_names_parse_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse_threat("combined")
+        parse_threat("linf(0.3)|dssim<=0.05|lpips<=0.02")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -58,10 +77,15 @@ def test_every_preset_parses_and_its_name_round_trips(name):
     assert parse_threat(threat.name) == threat
 
 
-def test_combined_preset_is_flow_then_affine_then_linf_under_lpips():
+def test_combined_preset_is_smooth_flow_then_affine_then_linf_under_lpips():
     threat = parse_threat("combined")
     assert isinstance(threat, PerceptualBudget) and threat.metric == "lpips"
     assert [type(c) for c in threat.threat.components] == [Flow, Affine, Additive]
+    assert threat.threat.components[0].smoothness is not None
+
+
+def test_stadv_preset_bounds_the_flow_smoothness():
+    assert parse_threat("stadv").smoothness is not None
 
 
 @pytest.mark.parametrize(
@@ -81,7 +105,10 @@ def test_combined_preset_is_flow_then_affine_then_linf_under_lpips():
         ("flow(smoothness=0.1, 0.2)", "positional argument after a keyword", 21),
         ("affine(1,2,3,4)", "too many arguments", 13),
         ("linf(1/0)", "non-zero number after '/'", 7),
-        ("linf(0.3)|psnr<=3", "expected a metric", 10),
+        ("linf(0.3)|psnr<=3", "expected a distance after '|'", 10),
+        ("linf(0.3)|ms-ssim<=0.1", "a similarity: bound its distance 'ms-dssim'", 10),
+        ("linf(0.3)|dssim<=3", "a dssim bound must lie in [0, 2]", 10),
+        ("linf(0.3)|linf<=1.5", "a linf bound must lie in [0, 1]", 10),
         ("linf(0.3) & l2(1)", "unexpected character '&'", 10),
         ("rotation(270deg)", "at most 180", 0),
         ("linf", None, None),  # a preset: no error
@@ -123,7 +150,9 @@ _threats = st.recursive(
     lambda inner: st.one_of(
         st.lists(inner, min_size=1, max_size=3).map(lambda items: Sequence(tuple(items))),
         st.lists(inner, min_size=1, max_size=3).map(Union),
-        st.builds(PerceptualBudget, inner, st.sampled_from(["lpips", "ssim", "l2"]), _budget),
+        st.builds(PerceptualBudget, inner, st.sampled_from(["lpips", "lpips-vgg", "l2"]), _budget),
+        st.builds(PerceptualBudget, inner, st.sampled_from(["dssim", "ms-dssim", "linf"]),
+                  st.floats(min_value=0.0, max_value=1.0, allow_nan=False)),
     ),
     max_leaves=6,
 )
@@ -150,7 +179,8 @@ def test_the_name_of_any_threat_parses_back_to_an_equal_threat(threat):
 
 
 _spec_alphabet = st.sampled_from(list("()<>|=,/.-+ e") + ["linf", "l2", "flow", "affine", "rotation", "deg",
-                                                         "lpips", "ssim", "smoothness", "0.1", "8", "255",
+                                                         "lpips", "ssim", "dssim", "lpips-vgg", "smoothness",
+                                                         "0.1", "8", "255",
                                                          "combined", "stadv", ">>", "||", "<=", "\t", "é", "٣"])
 
 
@@ -158,6 +188,8 @@ _spec_alphabet = st.sampled_from(list("()<>|=,/.-+ e") + ["linf", "l2", "flow", 
 @given(st.one_of(st.text(max_size=30), st.lists(_spec_alphabet, max_size=14).map("".join)))
 def test_garbage_never_raises_anything_but_a_threat_spec_error(text):
     try:
-        parse_threat(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "ssim<=" is deprecated, not an error
+            parse_threat(text)
     except ThreatSpecError:
         pass

@@ -72,7 +72,7 @@ def test_build_objective_wires_methods_and_refuses_mismatches():
     assert type(build_objective("lmt", c=0.5, pairwise=True)).__name__ == "LMTObjective"
 
 
-@pytest.mark.parametrize("metric", ["ssim", "lpips"])
+@pytest.mark.parametrize("metric", ["dssim", "lpips"])
 def test_perceptual_adversarial_training_keeps_every_training_example_inside_the_bound(metric):
     from mistered.metrics import distance
     from mistered.threats import parse_threat

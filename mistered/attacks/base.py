@@ -29,6 +29,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import InvalidInputError
+from ..threats import bind_features
 from ..threats.base import Perturbation, Threat
 from ..validation import check_batch, check_images, check_labels, check_logits, model_device, model_dtype
 from .losses import LossFn, get_loss
@@ -126,7 +127,7 @@ class Attack(abc.ABC):
         early_stop: stop searching on examples already fooled (and stop when all are).
         seed: seeds the attack's own ``torch.Generator`` (random starts); no global RNG is touched.
         distances: names of the distances to report (default ``("linf", "l2")`` plus the threat's
-            perceptual metric if it has one); ``"lpips"``/``"ssim"`` use :mod:`mistered.metrics`.
+            perceptual metric if it has one); ``"lpips"``/``"dssim"`` use :mod:`mistered.metrics`.
         device: where to run; default: the model's device.
     """
 
@@ -138,6 +139,7 @@ class Attack(abc.ABC):
         if int(restarts) != restarts or restarts < 1:
             raise InvalidInputError(f"restarts must be a positive integer, got {restarts!r}")
         get_loss(loss)  # validates the name
+        threat = bind_features(threat, model=model)  # lpips-self budgets measure with the attacked model
         self.model, self.threat, self.loss_name = model, threat, loss
         self.restarts, self.early_stop, self.seed = int(restarts), bool(early_stop), int(seed)
         if distances is None:
@@ -217,6 +219,7 @@ class Attack(abc.ABC):
             success = self.succeeded(logits, goal, targeted)
         return AttackResult(
             x=x, x_adv=best.x_adv.detach(), labels=y, logits=logits, clean_logits=clean_logits, success=success,
-            distances=measure_distances(x, best.x_adv, self.distances), sizes=best.sizes,
+            distances=measure_distances(x, best.x_adv, self.distances, getattr(self.threat, "features", None)),
+            sizes=best.sizes,
             alternative=best.alternative, targets=goal if targeted else None, seconds=time.perf_counter() - start,
         )

@@ -67,7 +67,7 @@ class PerceptualAttack(Attack):
         if not isinstance(perturbation, PerceptualPerturbation):
             raise InvalidInputError(f"the perceptual attack needs a perceptual bound, got the threat {perturbation.threat}")
         inner, budget = perturbation.inner, perturbation.threat
-        metric = get_distance(budget.metric, x.device)
+        metric = get_distance(budget.metric, x.device, budget.features)
         params = list(inner.parameters())
         if self.random_start:
             inner.random_init_(generator).project_()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 __all__ = ["AttackResult", "measure_distances", "LP_DISTANCES"]
 
@@ -15,11 +16,13 @@ LP_DISTANCES = ("linf", "l2")
 
 
 @torch.no_grad()
-def measure_distances(x: torch.Tensor, x_adv: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def measure_distances(x: torch.Tensor, x_adv: torch.Tensor, names: tuple[str, ...],
+                      features: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Per-example distances between ``x`` and ``x_adv`` (both ``(B, C, H, W)`` in ``[0, 1]``).
 
     ``"linf"`` and ``"l2"`` are pixel-space norms of ``x_adv - x``; any other name (``"lpips"``,
-    ``"ssim"``) is computed by :func:`mistered.metrics.distance`. Returns ``{name: (B,) tensor}`` (empty
+    ``"dssim"``, ``"lpips-self"`` with ``features``: the network whose activations it compares) is computed by
+    :func:`mistered.metrics.distance`. Returns ``{name: (B,) tensor}`` (empty
     tensors for an empty batch, without loading any metric).
     """
     diff = (x_adv - x).flatten(1)
@@ -34,7 +37,7 @@ def measure_distances(x: torch.Tensor, x_adv: torch.Tensor, names: tuple[str, ..
         else:
             from ..metrics import distance  # perceptual metrics load network weights: import only when asked
 
-            out[name] = distance(name, x, x_adv).detach().reshape(-1)
+            out[name] = distance(name, x, x_adv, features).detach().reshape(-1)
     return out
 
 
@@ -55,7 +58,7 @@ class AttackResult:
         success: ``(B,)`` bool, ``predictions != labels`` (or ``== targets`` for a targeted attack),
             computed from ``logits``: running the model on ``x_adv`` reproduces it exactly.
         distances: ``{name: (B,)}`` distances between ``x`` and ``x_adv`` (``"linf"``, ``"l2"`` in pixel units
-            of ``[0, 1]`` images; ``"lpips"``; ``"ssim"`` as ``1 - SSIM``).
+            of ``[0, 1]`` images; ``"lpips"``; ``"dssim"`` = ``1 - SSIM``).
         sizes: ``{name: (B,)}`` the winning perturbation's own sizes (its :meth:`~mistered.threats.Perturbation.sizes`
             plus ``"size"``, the unitless fraction of the budget); NaN where the winning alternative lacks the key.
         alternative: ``(B,)`` int64, index into ``threat.alternatives()`` of the winner, ``-1`` when the clean

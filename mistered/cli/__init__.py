@@ -25,6 +25,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "certify": ("mistered.cli.certify", "certify", "Certify robustness: LMT, L-inf-dist, GeoCert, smoothing, IBP/CROWN/alpha-CROWN."),
     "lipschitz": ("mistered.cli.lipschitz", "lipschitz", "Compare Lipschitz estimators, LipMIP included."),
     "evaluate": ("mistered.cli.evaluate", "evaluate", "Empirical vs certified robustness in one report."),
+    "calibrate": ("mistered.cli.calibrate", "calibrate",
+                  "Measure a data set's perceptual distances: which budgets mean the same image."),
     "verify": ("mistered.cli.verify", "verify",
                "Verify VNNLIB properties and VNN-COMP benchmarks: sat / unsat with checked counterexamples."),
 }

@@ -12,7 +12,7 @@ from ..errors import InvalidInputError
 from ..validation import check_nonnegative
 from .base import Perturbation, Threat
 from .naming import format_number
-from .sampling import bilinear_sample
+from .sampling import affine_grid, sample
 
 __all__ = ["Affine", "AffinePerturbation"]
 
@@ -26,7 +26,7 @@ class Affine(Threat):
     interpolation, ``align_corners=True`` (pixel centres at integer coordinates, rotation centre at
     ``((W - 1) / 2, (H - 1) / 2)``) and **zero padding**: pixels moved in from outside the image are
     black, the usual background for MNIST-style geometric attacks (Engstrom et al., 2019). It is
-    computed in closed form at pixel coordinates (:func:`~mistered.threats.sampling.bilinear_sample`),
+    computed as an affine grid + ``grid_sample`` (:func:`~mistered.threats.sampling.sample`),
     which agrees with kornia to float round-off and is bit-exact at the identity.
 
     Conventions:
@@ -112,34 +112,32 @@ class AffinePerturbation(Perturbation):
         param = getattr(self, key, None)
         return param if param is not None else self.reference.new_zeros(shape)
 
-    def source_coordinates(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where each output pixel samples the input: ``(px, py)``, each ``(B, H, W)``, in pixels.
+    def theta(self) -> torch.Tensor:
+        """``(B, 2, 3)``: the map from output to source positions in ``[-1, 1]`` grid coordinates (as ``F.affine_grid`` takes).
 
-        The inverse of ``p_out = c + s * R(angle) (p_src - c) + shift`` with ``c`` the image centre,
-        ``R`` kornia's counter-clockwise rotation ``[[cos, sin], [-sin, cos]]`` (y axis down) and
-        ``shift = (tx * W, ty * H)``.
+        In pixels it is the inverse of ``p_out = c + s * R(angle) (p_src - c) + shift`` with ``c`` the
+        image centre, ``R`` kornia's counter-clockwise rotation ``[[cos, sin], [-sin, cos]]`` (y axis
+        down) and ``shift = (tx * W, ty * H)``; a grid coordinate is ``(p - c) / c`` per axis.
         """
         _, _, height, width = self.reference.shape
         batch = self.batch_size
-        view = (batch, 1, 1)
-        radians = torch.deg2rad(self._value("angle", (batch,))).view(view)
-        inverse_scale = (-self._value("log_scale", (batch,))).exp().view(view)
+        radians = torch.deg2rad(self._value("angle", (batch,)))
+        inverse_scale = (-self._value("log_scale", (batch,))).exp()
         shift = self._value("translation", (batch, 2))
-        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-        cols = torch.arange(width, device=radians.device, dtype=radians.dtype).view(1, 1, width)
-        rows = torch.arange(height, device=radians.device, dtype=radians.dtype).view(1, height, 1)
-        dx = cols - cx - (shift[:, 0] * width).view(view)
-        dy = rows - cy - (shift[:, 1] * height).view(view)
-        cos, sin = radians.cos(), radians.sin()
-        px = cx + (cos * dx - sin * dy) * inverse_scale
-        py = cy + (sin * dx + cos * dy) * inverse_scale
-        return px, py
+        half_w, half_h = max(width - 1, 1) / 2.0, max(height - 1, 1) / 2.0
+        cos, sin = radians.cos() * inverse_scale, radians.sin() * inverse_scale
+        dx, dy = shift[:, 0] * width, shift[:, 1] * height  # pixels
+        first = torch.stack((cos, -sin * (half_h / half_w), (-cos * dx + sin * dy) / half_w), dim=1)
+        second = torch.stack((sin * (half_w / half_h), cos, (-sin * dx - cos * dy) / half_h), dim=1)
+        return torch.stack((first, second), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._bounded():
             return x
-        px, py = self.source_coordinates()
-        return bilinear_sample(x, px, py, padding="zeros").clamp(0.0, 1.0)
+        height, width = x.shape[-2:]
+        theta = self.theta()
+        still = ~torch.cat([param.detach().reshape(param.shape[0], -1) for param, _ in self._bounded()], dim=1).any(dim=1)
+        return sample(x, affine_grid(theta, height, width), "zeros", still).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def random_init_(self, generator: torch.Generator | None = None) -> AffinePerturbation:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -11,9 +12,9 @@ from ..errors import InvalidInputError
 from ..validation import check_nonnegative
 from .base import Perturbation, Threat
 from .naming import format_number
-from .sampling import bilinear_sample
+from .sampling import identity_grid, sample
 
-__all__ = ["Flow", "FlowPerturbation", "flow_smoothness", "warp_by_flow"]
+__all__ = ["Flow", "FlowPerturbation", "flow_smoothness", "smooth_field", "warp_by_flow"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class Flow(Threat):
           loss (sum over neighbouring pixel pairs of the Euclidean norm of the flow difference)
           divided by ``H * W``, in grid units per pixel. It is positively homogeneous of degree 1,
           so projection onto it is a closed-form per-example scaling.
+
+    With a smoothness bound, steps and random starts are smooth fields (the gradient, or uniform
+    noise, blurred by a Gaussian of one pixel and scaled so its largest component moves by the step):
+    a sign step is the roughest field there is, and the projection would scale it down to almost
+    nothing (PGD success on the bundled CNN at ``flow(0.05,smoothness=0.01)``: 24% with sign steps,
+    38% with smooth ones).
 
     Args:
         eps: per-pixel L∞ bound on the displacement, grid units.
@@ -73,9 +80,42 @@ def flow_smoothness(flow: torch.Tensor) -> torch.Tensor:
     each pair twice). Non-differentiable where a difference is exactly zero, like any norm.
     """
     height, width = flow.shape[-2:]
-    right = (flow[..., :, 1:] - flow[..., :, :-1]).norm(dim=1).flatten(1).sum(dim=1)
-    down = (flow[..., 1:, :] - flow[..., :-1, :]).norm(dim=1).flatten(1).sum(dim=1)
-    return (right + down) / (height * width)
+    total = 0.0
+    for step in (flow[..., :, 1:] - flow[..., :, :-1], flow[..., 1:, :] - flow[..., :-1, :]):
+        # the two components spelled out: a norm over the short channel dimension is ~50x slower on CPU
+        total = total + (step[:, 0].square() + step[:, 1].square()).sqrt().flatten(1).sum(dim=1)
+    return total / (height * width)
+
+
+def smooth_field(field: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Each channel of ``field`` ``(B, C, H, W)`` blurred by a Gaussian of ``sigma`` pixels (replicate padding).
+
+    Computed as ``M_H @ field @ M_W^T`` with banded blur matrices (the padding folded into their edges):
+    two small matrix products, much faster on CPU than a grouped convolution.
+    """
+    height, width = field.shape[-2:]
+    rows = _blur_matrix(height, sigma, field.dtype, field.device)
+    cols = _blur_matrix(width, sigma, field.dtype, field.device)
+    return rows @ field @ cols.T
+
+
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(size, size)``: 1-D Gaussian blur (taps within ``3 sigma``) with replicate padding, as a matrix."""
+    radius = max(1, int(round(3 * sigma)))
+    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float64).square() / (2 * sigma**2))
+    taps = taps / taps.sum()
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    positions = torch.arange(size)
+    for offset, weight in zip(range(-radius, radius + 1), taps):
+        matrix[positions, (positions + offset).clamp(0, size - 1)] += weight
+    return matrix.to(dtype=dtype, device=device)
+
+
+def _peak_normalized(field: torch.Tensor) -> torch.Tensor:
+    """``field`` divided per example by its largest absolute entry (a zero field stays zero)."""
+    peak = field.abs().flatten(1).amax(dim=1).clamp_min(1e-12)
+    return field / peak.view(-1, *([1] * (field.dim() - 1)))
 
 
 def warp_by_flow(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -86,15 +126,11 @@ def warp_by_flow(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         flow: displacements ``(B, 2, H, W)`` in grid units (see :class:`Flow`).
 
     Returns:
-        ``(B, C, H, W)``, equal to ``grid_sample(x, identity_grid + flow, padding_mode="border",
-        align_corners=True)`` up to round-off, and bit-for-bit ``x`` for a zero field.
+        ``(B, C, H, W)``, ``grid_sample(x, identity_grid + flow, padding_mode="border",
+        align_corners=True)``, and bit for bit ``x`` for an example whose flow is zero.
     """
-    height, width = x.shape[-2:]
-    rows = torch.arange(height, device=x.device, dtype=flow.dtype).view(1, height, 1)
-    cols = torch.arange(width, device=x.device, dtype=flow.dtype).view(1, 1, width)
-    px = cols + flow[:, 0] * ((width - 1) / 2)
-    py = rows + flow[:, 1] * ((height - 1) / 2)
-    return bilinear_sample(x, px, py, padding="border")
+    grid = identity_grid(*x.shape[-2:], flow) + flow.permute(0, 2, 3, 1)
+    return sample(x, grid, "border", still=~flow.detach().flatten(1).any(dim=1))
 
 
 class FlowPerturbation(Perturbation):
@@ -113,9 +149,11 @@ class FlowPerturbation(Perturbation):
 
     @torch.no_grad()
     def random_init_(self, generator: torch.Generator | None = None) -> FlowPerturbation:
-        """Uniform in the L∞ box, then scaled down per example into the smoothness bound if there is one."""
-        noise = torch.rand(self.flow.shape, generator=generator, device=self.flow.device, dtype=self.flow.dtype)
-        self.flow.copy_((2 * noise - 1) * self.threat.eps)
+        """Uniform in the L∞ box (smoothed first, if there is a smoothness bound), then projected."""
+        noise = 2 * torch.rand(self.flow.shape, generator=generator, device=self.flow.device, dtype=self.flow.dtype) - 1
+        if self.threat.smoothness is not None:
+            noise = _peak_normalized(smooth_field(noise))
+        self.flow.copy_(noise * self.threat.eps)
         return self.project_()
 
     @torch.no_grad()
@@ -148,6 +186,10 @@ class FlowPerturbation(Perturbation):
 
     @torch.no_grad()
     def step_(self, lr: float) -> FlowPerturbation:
-        if self.flow.grad is not None:
-            self.flow.add_(self.flow.grad.sign(), alpha=lr * self.threat.eps)
+        """A sign step (L∞ geometry); with a smoothness bound, the smoothed gradient scaled to a peak of 1 (see :class:`Flow`)."""
+        grad = self.flow.grad
+        if grad is None:
+            return self
+        direction = grad.sign() if self.threat.smoothness is None else _peak_normalized(smooth_field(grad))
+        self.flow.add_(direction, alpha=lr * self.threat.eps)
         return self

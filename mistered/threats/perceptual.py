@@ -8,42 +8,52 @@ identity, so a feasible scale always exists; every accepted ``t`` has been evalu
 ``project_`` every example satisfies the bound (a hard constraint, not a penalty).
 
 The search for ``t`` is a safeguarded interpolation search (a bisection that guesses better): per
-example a bracket ``[lo, hi]`` (``lo`` feasible, ``hi`` infeasible) shrinks every round; each round
-evaluates three guesses per example in one batched call, placed where ``d(t) ≈ c t^p`` (``p``
-fitted through the bracket, or carried over from the previous projection) reaches 98%, 93% and
-86% of the bound; an example stops once its feasible ``lo`` is within 10% of the bound. The metric is
-evaluated without gradient: once on the whole batch (at ``t = 1``), then only on the violators,
-through a copy of the inner perturbation restricted to them; typically one or two rounds.
+example a bracket ``[lo, hi]`` (``lo`` feasible, ``hi`` infeasible) shrinks every round by one guess,
+placed where ``d(t) ≈ c t^p`` reaches 95% of the bound (``p`` fitted through the bracket, or carried
+over from the previous projection); an example stops once its feasible ``lo`` is within 10% of the
+bound. (On a chain, ``d`` is far from a power law and not even monotone in ``t``: one guess per round
+costs fewer evaluations than several, measured in ``benchmarks/metric_cost.py``.) Once at most eight
+examples are left, where a round's fixed cost dominates, each gets three guesses (98%, 93%, 86%). The
+metric is evaluated without gradient: once on the whole batch (at ``t = 1``), then only on the examples
+still searched, through a copy of the inner perturbation restricted to them: in an attack on the ``combined``
+preset about 3 evaluations per example and projection in all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
+from torch import nn
 
 from ..errors import InvalidInputError
-from ..metrics import METRICS, reference_distance
-from ..validation import check_nonnegative
+from ..metrics import DISTANCES, FEATURE_METRICS, canonical_metric, check_bound, reference_distance
 from .base import Perturbation, Threat
+from .compose import Sequence, Union
 from .naming import format_number
 
-__all__ = ["PerceptualBudget", "PerceptualPerturbation"]
+__all__ = ["PerceptualBudget", "PerceptualPerturbation", "bind_features"]
 
 #: The search stops for an example once its feasible distance is at least ``(1 - ACCEPT_RTOL) * bound``.
 ACCEPT_RTOL = 0.1
 #: Accepted distances stay below ``(1 - SAFETY_RTOL) * bound``, so round-off when the metric is
 #: re-evaluated in a different batch never pushes an example over the bound.
 SAFETY_RTOL = 1e-5
-#: Each round evaluates, per example, the guesses aiming at these fractions of the bound.
-_AIMS = (0.98, 0.93, 0.86)
-_MAX_ROUNDS = 4
+#: Each round evaluates one guess per example, aimed at this fraction of the bound ...
+_AIM = 0.95
+#: ... except when at most ``_FEW`` examples are left: then one guess at each of these fractions.
+_TAIL_AIMS = (0.98, 0.93, 0.86)
+_FEW = 8
+_MAX_ROUNDS = 6
 _MIN_BRACKET = 1e-4
 _SAFEGUARD = 0.02  # each guess stays this fraction of the bracket away from its ends
 #: The exponent ``p`` of ``d(t) ≈ c t^p`` assumed before two points are known: norms grow linearly
 #: with the scale, LPIPS and 1 - SSIM (squared feature / statistics differences) about quadratically.
-_PRIOR_POWER = {"linf": 1.0, "l2": 1.0, "l1": 1.0, "lpips": 2.0, "ssim": 2.0}
+#: Laidlaw's feature distance is a norm of feature differences: about linear.
+_PRIOR_POWER = {"linf": 1.0, "l2": 1.0, "l1": 1.0, "lpips": 2.0, "lpips-alex": 2.0, "lpips-vgg": 2.0,
+                "lpips-self": 1.0, "lpips-net": 1.0, "dssim": 2.0, "ms-dssim": 2.0}
 
 
 @dataclass(frozen=True)
@@ -53,28 +63,34 @@ class PerceptualBudget(Threat):
     Args:
         threat: any threat (a component or a chain); a :class:`Union` is distributed over its
             alternatives by :meth:`alternatives`.
-        metric: a distance of :mod:`mistered.metrics`: ``"lpips"``, ``"ssim"`` (``1 - SSIM``),
-            ``"linf"``, ``"l2"`` or ``"l1"``.
-        bound: the largest allowed distance, in the metric's units.
+        metric: a distance of :mod:`mistered.metrics` (``DISTANCES``): ``"lpips"`` (AlexNet),
+            ``"lpips-vgg"``, ``"lpips-self"``, ``"lpips-net"``, ``"dssim"`` (``1 - SSIM``), ``"ms-dssim"``,
+            ``"linf"``, ``"l2"`` or ``"l1"``. ``"ssim"`` is the deprecated name of ``"dssim"``: it is
+            translated, with a warning.
+        bound: the largest allowed distance, in the metric's units, inside the metric's range.
+        features: the network of ``"lpips-self"`` (the attacked classifier) or ``"lpips-net"`` (a feature
+            extractor); see :func:`bind_features`. Not part of the threat's identity (equality, name).
 
     Example:
-        >>> threat = PerceptualBudget(Additive("linf", 0.3), "ssim", 0.05)
+        >>> threat = PerceptualBudget(Additive("linf", 0.3), "dssim", 0.05)
         >>> x = torch.rand(4, 1, 28, 28)
         >>> delta = threat.perturbation(x).random_init_()
-        >>> bool((delta.sizes()["ssim"] <= 0.05).all())
+        >>> bool((delta.sizes()["dssim"] <= 0.05).all())
         True
     """
 
     threat: Threat
     metric: str = "lpips"
     bound: float = 0.1
+    features: nn.Module | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.threat, Threat):
             raise InvalidInputError(f"PerceptualBudget wraps a Threat, got {type(self.threat).__name__}")
-        if self.metric not in METRICS:
-            raise InvalidInputError(f"unknown perceptual metric {self.metric!r}; choose one of {', '.join(METRICS)}")
-        check_nonnegative(self.bound, f"{self.metric} bound")
+        if not isinstance(self.metric, str):
+            raise InvalidInputError(f"a perceptual metric is a name (one of {', '.join(DISTANCES)}), got {self.metric!r}")
+        object.__setattr__(self, "metric", canonical_metric(self.metric))
+        object.__setattr__(self, "bound", check_bound(self.metric, self.bound))
 
     def perturbation(self, x: torch.Tensor) -> PerceptualPerturbation:
         return PerceptualPerturbation(self, x)
@@ -83,7 +99,7 @@ class PerceptualBudget(Threat):
         inner = self.threat.alternatives()
         if len(inner) == 1 and inner[0] is self.threat:
             return (self,)
-        return tuple(PerceptualBudget(alternative, self.metric, self.bound) for alternative in inner)
+        return tuple(replace(self, threat=alternative) for alternative in inner)
 
     @property
     def name(self) -> str:
@@ -105,11 +121,12 @@ class PerceptualPerturbation(Perturbation):
         super().__init__(threat, x)
         self.inner = threat.threat.perturbation(x)
         # a plain function, not a submodule: the metric's frozen weights are not perturbation parameters
-        self._measure = reference_distance(threat.metric, x)
+        self._measure = reference_distance(threat.metric, x, threat.features)
         self._key = threat.metric if threat.metric not in self.inner.budgets() else f"{threat.metric}_total"
         # per example, the exponent p of d(t) ≈ c t^p fitted at the last projection: the next guess starts from it
         prior = torch.full((x.shape[0],), _PRIOR_POWER[threat.metric], device=x.device, dtype=x.dtype)
         self.register_buffer("power_estimate", prior, persistent=False)
+        self._nested = any(isinstance(m, PerceptualPerturbation) for m in self.inner.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x)
@@ -147,21 +164,16 @@ class PerceptualPerturbation(Perturbation):
         if not violating.any():
             return self
         rows = violating.nonzero().squeeze(1)
-        n, k = rows.shape[0], len(_AIMS)
-        probe = self._probe(rows.repeat(k))  # copy j of violator i is probe example j * n + i
-        saved = probe.snapshot()
 
-        def evaluate(t_rows: torch.Tensor, searched: torch.Tensor) -> torch.Tensor:
-            """The metric ``(m, k)`` of violators ``rows[searched]`` (``(m,)``) scaled by ``t_rows`` (``(m, k)``)."""
-            slots = (torch.arange(k, device=searched.device) * n).view(1, k) + searched.view(-1, 1)  # (m, k)
-            t = torch.ones(n * k, device=t_rows.device, dtype=t_rows.dtype)
-            t[slots.flatten()] = t_rows.flatten()
-            probe.restore_(saved).scale_(t)
-            images = probe(probe.reference)[slots.flatten()]
-            d = self._measure(images, rows[searched].repeat_interleave(k)).view(-1, k)
-            # shrinking keeps plain budgets, but not necessarily a nested perceptual one: check them all
-            inside = probe.within_budget()[slots.flatten()].view(-1, k)
-            return torch.where(inside, d, torch.full_like(d, float("inf")))
+        def evaluate(t: torch.Tensor, searched: torch.Tensor) -> torch.Tensor:
+            """The metric ``(m,)`` of the violators ``rows[searched]`` scaled by ``t`` (both ``(m,)``)."""
+            chosen = rows[searched]
+            probe = self._probe(chosen).scale_(t)
+            d = self._measure(probe(probe.reference), chosen)
+            if not self._nested:
+                return d
+            # shrinking keeps plain budgets (norms, boxes, smoothness), not necessarily a nested perceptual one
+            return torch.where(probe.within_budget(), d, torch.full_like(d, float("inf")))
 
         lo, power = self._search(evaluate, distances[rows], limit, self.power_estimate[rows])
         self.power_estimate[rows] = power.to(self.power_estimate)
@@ -171,7 +183,7 @@ class PerceptualPerturbation(Perturbation):
         return self
 
     def _probe(self, rows: torch.Tensor) -> Perturbation:
-        """A copy of the inner perturbation for the examples ``rows`` only.
+        """A copy of the inner perturbation for the examples ``rows`` only (repeats allowed).
 
         Relies on the perturbation contract: all per-example state is in parameters of shape ``(B, ...)``.
         """
@@ -189,54 +201,104 @@ class PerceptualPerturbation(Perturbation):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per searched example ``i``, the largest scale found with ``d(t) <= limit``, given ``d(1) = d_hi[i] > limit``.
 
-        ``evaluate(t, idx)`` returns the metric ``(m, k)`` of the searched examples ``idx`` (``(m,)``)
-        at the scales ``t`` (``(m, k)``). Keeps a bracket ``lo < hi`` with ``d(lo) <= limit < d(hi)``;
-        ``lo = 0`` (the identity, ``d = 0``) is feasible by definition. Returns ``lo`` (every returned
-        ``t > 0`` was evaluated feasible) and the exponent ``p`` of ``d(t) ≈ c t^p`` fitted through the
-        final bracket (``prior_power`` where no fit exists).
+        ``evaluate(t, idx)`` returns the metric ``(m,)`` of the searched examples ``idx`` (``(m,)``, repeats
+        allowed) at the scales ``t`` (``(m,)``). Keeps a bracket ``lo < hi`` with ``d(lo) <= limit < d(hi)``;
+        ``lo = 0`` (the identity, ``d = 0``) is feasible by definition. One guess per example and round
+        (several once few examples are left). Returns ``lo`` (every returned ``t > 0`` was evaluated
+        feasible) and the exponent ``p`` of ``d(t) ≈ c t^p`` fitted through the final bracket
+        (``prior_power`` where no fit exists), both like ``d_hi``.
+
+        The bookkeeping runs in float64 NumPy on at most a batch of numbers: torch's per-operation cost
+        would exceed the arithmetic many times over.
         """
+        like = d_hi
         n = d_hi.shape[0]
-        lo = torch.zeros(n, dtype=d_hi.dtype, device=d_hi.device)
+        lo, d_lo = np.zeros(n), np.zeros(n)
+        prior = prior_power.detach().double().cpu().numpy()
         if limit <= 0.0:  # only the identity is inside a zero bound
-            return lo, prior_power
-        hi = torch.ones_like(lo)
-        d_lo = torch.zeros_like(lo)
-        d_hi = torch.nan_to_num(d_hi.clone(), nan=float("inf"))
-        aims = torch.tensor(_AIMS, dtype=lo.dtype, device=lo.device).view(1, -1) * limit  # (1, k)
-        active = torch.ones(n, dtype=torch.bool, device=lo.device)
-        for _ in range(_MAX_ROUNDS):
-            if not active.any():
-                break
-            idx = active.nonzero().squeeze(1)
-            a, b, da, db = (v[idx].view(-1, 1) for v in (lo, hi, d_lo, d_hi))
-            width = b - a
-            # d(t) ≈ c t^p: p fitted through the bracket's ends when both are positive, else the prior p
-            # through the origin and hi; every guess safeguarded strictly inside the bracket
-            from_origin = b * (aims / db) ** (1.0 / prior_power[idx].view(-1, 1))
-            fitted = a * (aims / da.clamp_min(1e-30)) ** (1.0 / _fit_power(a, da, b, db))
-            guess = torch.where((a > 0) & (da > 0) & torch.isfinite(db), fitted, from_origin)
-            guess = torch.where(torch.isfinite(guess), guess, a + width / 2)
-            guess = torch.minimum(torch.maximum(guess, a + _SAFEGUARD * width), b - _SAFEGUARD * width)
-            d = torch.nan_to_num(evaluate(guess, idx), nan=float("inf"))  # (m, k)
-            feasible = d <= limit
-            best = torch.where(feasible, guess, torch.full_like(guess, -1.0)).max(dim=1)
-            improved = best.values > a.squeeze(1)
-            new_lo = torch.where(improved, best.values, a.squeeze(1))
-            new_d_lo = torch.where(improved, d.gather(1, best.indices.view(-1, 1)).squeeze(1), da.squeeze(1))
-            # the smallest infeasible guess above the new lo tightens hi (d need not be monotone)
-            above = ~feasible & (guess > new_lo.view(-1, 1))
-            worst = torch.where(above, guess, torch.full_like(guess, 2.0)).min(dim=1)
-            tighter = worst.values < b.squeeze(1)
-            hi[idx] = torch.where(tighter, worst.values, b.squeeze(1))
-            d_hi[idx] = torch.where(tighter, d.gather(1, worst.indices.view(-1, 1)).squeeze(1), db.squeeze(1))
-            lo[idx], d_lo[idx] = new_lo, new_d_lo
-            done = (new_d_lo >= limit * (1.0 - ACCEPT_RTOL)) | (hi[idx] - new_lo < _MIN_BRACKET)
-            active[idx] = ~done
-        fitted = (lo > 0) & (d_lo > 0) & torch.isfinite(d_hi)
-        return lo, torch.where(fitted, _fit_power(lo, d_lo, hi, d_hi), prior_power)
+            return like.new_zeros(n), prior_power
+        hi = np.ones(n)
+        d_hi_ = np.nan_to_num(d_hi.detach().double().cpu().numpy(), nan=np.inf)
+        active = np.ones(n, dtype=bool)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for _ in range(_MAX_ROUNDS):
+                idx = np.flatnonzero(active)
+                if idx.size == 0:
+                    break
+                aims = np.array([_AIM] if idx.size > _FEW else _TAIL_AIMS)  # few left: several guesses each
+                guess = _guesses(lo[idx], d_lo[idx], hi[idx], d_hi_[idx], prior[idx], aims * limit)  # (m, k)
+                owner = torch.as_tensor(np.repeat(idx, aims.size), device=like.device)
+                d = evaluate(torch.as_tensor(guess.ravel(), dtype=like.dtype, device=like.device), owner)
+                d = np.nan_to_num(d.detach().double().cpu().numpy(), nan=np.inf).reshape(guess.shape)
+                feasible = d <= limit
+                # the largest feasible guess raises lo; the smallest infeasible one above it lowers hi
+                # (d need not be monotone in t: lo < hi holds either way)
+                best = np.where(feasible, guess, -1.0).argmax(axis=1)
+                rows = np.arange(idx.size)
+                raise_lo = feasible[rows, best] & (guess[rows, best] > lo[idx])
+                lo[idx] = np.where(raise_lo, guess[rows, best], lo[idx])
+                d_lo[idx] = np.where(raise_lo, d[rows, best], d_lo[idx])
+                above = np.where(~feasible & (guess > lo[idx, None]), guess, 2.0)
+                worst = above.argmin(axis=1)
+                lower_hi = above[rows, worst] < hi[idx]
+                hi[idx] = np.where(lower_hi, guess[rows, worst], hi[idx])
+                d_hi_[idx] = np.where(lower_hi, d[rows, worst], d_hi_[idx])
+                active[idx] = (d_lo[idx] < limit * (1.0 - ACCEPT_RTOL)) & (hi[idx] - lo[idx] >= _MIN_BRACKET)
+            fitted = (lo > 0) & (d_lo > 0) & np.isfinite(d_hi_)
+            power = np.where(fitted, _fit_power(lo, d_lo, hi, d_hi_), prior)
+        return torch.as_tensor(lo, dtype=like.dtype, device=like.device), torch.as_tensor(power).to(prior_power)
 
 
-def _fit_power(t0: torch.Tensor, d0: torch.Tensor, t1: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+def _guesses(lo: np.ndarray, d_lo: np.ndarray, hi: np.ndarray, d_hi: np.ndarray, prior: np.ndarray,
+             targets: np.ndarray) -> np.ndarray:
+    """``(m, k)`` scales inside each bracket ``(lo, hi)`` where ``d(t) ≈ c t^p`` would reach each of ``targets`` ``(k,)``.
+
+    ``p`` is fitted through the bracket's ends when both are positive, else ``prior`` through the origin
+    and ``hi``; every guess is safeguarded strictly inside the bracket (by :data:`_SAFEGUARD` of its width).
+    """
+    a, b, da, db = lo[:, None], hi[:, None], d_lo[:, None], d_hi[:, None]
+    width = b - a
+    from_origin = b * (targets / db) ** (1.0 / prior[:, None])
+    fitted = a * (targets / np.maximum(da, 1e-30)) ** (1.0 / _fit_power(a, da, b, db))
+    guess = np.where((a > 0) & (da > 0) & np.isfinite(db), fitted, from_origin)
+    guess = np.where(np.isfinite(guess), guess, a + width / 2)
+    return np.minimum(np.maximum(guess, a + _SAFEGUARD * width), b - _SAFEGUARD * width)
+
+
+def _fit_power(t0: np.ndarray, d0: np.ndarray, t1: np.ndarray, d1: np.ndarray) -> np.ndarray:
     """The exponent ``p`` of ``d = c t^p`` through ``(t0, d0)`` and ``(t1, d1)``, clamped to ``[0.5, 8]``."""
-    ratio = torch.log(d1 / d0.clamp_min(1e-30)) / torch.log(t1 / t0.clamp_min(1e-30))
-    return torch.nan_to_num(ratio, nan=1.0).clamp(0.5, 8.0)
+    ratio = np.log(d1 / np.maximum(d0, 1e-30)) / np.log(t1 / np.maximum(t0, 1e-30))
+    return np.clip(np.nan_to_num(ratio, nan=1.0), 0.5, 8.0)
+
+
+def bind_features(threat: Threat, model: nn.Module | None = None, net: nn.Module | None = None) -> Threat:
+    """``threat`` with the networks of its ``lpips-self`` (``model``) and ``lpips-net`` (``net``) budgets set.
+
+    Walks sequences, unions and nested budgets; returns an equal threat (the network is not part of a
+    threat's identity). An attack calls it with the model it attacks; the CLI passes ``--lpips-net``.
+
+    Raises:
+        InvalidInputError: a budget needs a network that was not given.
+
+    Example:
+        >>> classifier = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+        >>> bound = bind_features(parse_threat("linf(0.3)|lpips-self<=0.5"), model=classifier)
+        >>> bound.features is classifier
+        True
+    """
+    if isinstance(threat, PerceptualBudget):
+        inner = bind_features(threat.threat, model, net)
+        if threat.metric not in FEATURE_METRICS:
+            return replace(threat, threat=inner)
+        network = model if threat.metric == "lpips-self" else net
+        network = threat.features if network is None else network  # already bound: kept
+        if network is None:
+            what = "the model (bind_features(threat, model=...))" if threat.metric == "lpips-self" else \
+                "a feature extractor (--lpips-net file.py:Name, or bind_features(threat, net=...))"
+            raise InvalidInputError(f"the budget {threat.metric}<={format_number(threat.bound)} needs {what}")
+        return replace(threat, threat=inner, features=network)
+    if isinstance(threat, Sequence):
+        return Sequence(tuple(bind_features(component, model, net) for component in threat.components))
+    if isinstance(threat, Union):
+        return Union(tuple(bind_features(choice, model, net) for choice in threat.choices))
+    return threat
