@@ -33,6 +33,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from mistered.certify.verify import VerifyOptions, find_instances, run_jobs, summarize  # noqa: E402
+from mistered.certify.bab import BabStep  # noqa: E402
 from mistered.certify.verify.solvers import BenchmarkSolver  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> str:
     options = VerifyOptions(methods=(), first_rounds=3, attack_rounds=0) if args.falsify_only else VerifyOptions()
     out = Path(args.out or tempfile.mkdtemp(prefix="vnncomp-mnistfc-"))
     solver = BenchmarkSolver(instances, out / "cache", timeout_cap=args.cap, expected=expected_answers(),
-                             device="cpu", options=options)
+                             device="cpu", options=options, branch_and_bound=None if args.falsify_only else BabStep())
 
     def told(row: dict) -> None:
         print(f"{row['model']} {row['property']}: {row['status']} {row['seconds']:.2f} s"
