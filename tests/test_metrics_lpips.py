@@ -18,6 +18,7 @@ from mistered.io import safe_torch_load
 from mistered.metrics import distance, get_lpips, reference_distance
 from mistered.metrics import lpips_trunk
 from mistered.metrics.lpips_trunk import NumpyOnlyUnpickler, check_trunk, load_alexnet_trunk, load_trunk
+from test_metrics import _smooth_images
 
 import_torchvision()
 import lpips  # noqa: E402  (after import_torchvision)
@@ -26,14 +27,6 @@ EXAMPLES = Path(__file__).parent / "data" / "lpips"
 #: lpips.LPIPS slices: (slice number, first, last index of torchvision's ``features``) per trunk.
 SLICES = {"alex": [(1, 0, 2), (2, 2, 5), (3, 5, 8), (4, 8, 10), (5, 10, 12)],
           "vgg": [(1, 0, 4), (2, 4, 9), (3, 9, 16), (4, 16, 23), (5, 23, 30)]}
-
-
-def _smooth_images(batch: int, channels: int, size: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(batch, channels, size // 4, size // 4, generator=g)
-    smooth = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-    edges = (torch.rand(batch, channels, size, size, generator=g) > 0.9).float() * 0.3
-    return (smooth + edges).clamp(0, 1)
 
 
 def _example(name: str) -> torch.Tensor:
