@@ -148,3 +148,16 @@ def test_cuda_gives_the_cpu_bounds(name):
         model.cpu()
         finite = torch.isfinite(cpu)
         assert torch.allclose(cpu[finite], gpu[finite], atol=1e-6) and math.isinf(float(gpu[0, y[0]]))
+
+
+def test_the_certify_package_exposes_its_public_api_first():
+    import mistered.certify as certify
+    from mistered.certify.bounds import certified_radius, margin_lower_bounds
+    from mistered.certify.geocert import certify_geocert
+    from mistered.certify.smoothing import smooth
+
+    assert certify.margin_bounds is margin_lower_bounds and certify.certified_radius is certified_radius
+    assert certify.exact_distance is certify_geocert and certify.smooth is smooth
+    assert callable(certify.lipschitz) and set(certify.__all__) <= set(dir(certify))
+    with pytest.raises(AttributeError):
+        certify.no_such_thing
