@@ -5,12 +5,12 @@ The public API, each imported only when first used (the exact methods pull in th
 * ``margin_bounds(model, x, y, eps, norm="linf", method="crown")`` -> ``(B, K)`` lower bounds on the margins
   ``logit_y - logit_j`` over the ``norm`` ball of radius ``eps`` (pixel units) within ``[0, 1]``, by IBP, CROWN or
   α-CROWN on the traced graph of any supported network (the subpackage :mod:`mistered.certify.bounds`, whose
-  name this function cannot share);
+  name this function cannot share; public names never shadow a submodule);
 * ``certified_radius(model, x, y, norm, method)`` -> ``(B,)`` radii the bound proves, by bisection;
   ``certify_bounds(model, x, y, eps=[...])`` -> a :class:`Certificate`;
 * ``exact_distance(model, x, y, norm)`` -> a :class:`Certificate` of exact minimal adversarial distances of a
   piecewise-linear ReLU network (GeoCert or branch and bound; :mod:`mistered.certify.geocert`);
-* ``lipschitz(model, x0, radius, norm, method="lipmip")`` -> local Lipschitz constants (LipMIP and the
+* ``estimate_lipschitz(model, x0, radius, norm, method="lipmip")`` -> local Lipschitz constants (LipMIP and the
   estimators it is compared with; :mod:`mistered.certify.local_lipschitz`);
 * ``smooth(model, sigma)`` -> a randomized-smoothing classifier with ``certify``/``predict``
   (:mod:`mistered.certify.smoothing`).
@@ -26,7 +26,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Certificate", "margin_bounds", "certified_radius", "certify_bounds", "exact_distance", "lipschitz", "smooth"]
+__all__ = [
+    "Certificate", "margin_bounds", "certified_radius", "certify_bounds", "estimate_lipschitz", "exact_distance",
+    "smooth",
+]
 
 #: public name -> (module, attribute)
 _PUBLIC = {
@@ -35,7 +38,7 @@ _PUBLIC = {
     "certified_radius": ("mistered.certify.bounds", "certified_radius"),
     "certify_bounds": ("mistered.certify.bounds", "certify_bounds"),
     "exact_distance": ("mistered.certify.geocert", "certify_geocert"),
-    "lipschitz": ("mistered.certify.local_lipschitz.estimators", "estimate_lipschitz"),
+    "estimate_lipschitz": ("mistered.certify.local_lipschitz.estimators", "estimate_lipschitz"),
     "smooth": ("mistered.certify.smoothing", "smooth"),
 }
 
