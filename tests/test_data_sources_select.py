@@ -209,8 +209,8 @@ def test_materialize_holds_every_example_in_order(npz_data):
     assert whole.source is npz_data.source and materialize(whole) is whole
 
 
-def test_subset_of_a_streamed_dataset_is_in_memory_with_images(npz_data):
-    small = npz_data.subset(4)
+def test_the_first_n_of_a_streamed_dataset_materialize_in_memory_with_images(npz_data):
+    small = materialize(select(npz_data, n=4))
     assert isinstance(small, LabeledImages) and small.images.shape == (4, 3, 4, 4)
     assert small.labels.tolist() == [0, 1, 2, 3]
 

@@ -21,8 +21,7 @@ from ..errors import InvalidInputError, UnsupportedLayerError
 from ..validation import check_batch, describe_model, model_device, model_dtype
 from .certificate import Certificate
 from .interval import interval_bounds
-from .linf_dist import LinfDistLinear
-from .linf_dist_nets import _certification_mode
+from .linf_dist import LinfDistLinear, certification_mode
 from .plnet import PiecewiseLinearNet
 
 __all__ = [
@@ -170,7 +169,7 @@ def hybrid_margin_lower_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     model = _check_hybrid(model)
     x, y = _check_batch(model, x, y)
     eps_t = _check_eps(eps, x)
-    with _certification_mode(model):
+    with certification_mode(model):
         return _margin_bound(model, model.backbone(x), y, eps_t)
 
 
@@ -194,7 +193,7 @@ def certify_linf_dist_hybrid(
         raise InvalidInputError(f"bisection_steps must be a positive integer, got {bisection_steps}")
     if not (math.isfinite(upper) and upper > 0):
         raise InvalidInputError(f"the bisection's upper end must be a positive finite radius, got {upper}")
-    with _certification_mode(model):
+    with certification_mode(model):
         start = time.perf_counter()
         features = model.backbone(x)
         predictions = model.head(features).argmax(dim=1)

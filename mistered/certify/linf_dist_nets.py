@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -19,7 +17,7 @@ from torch import nn
 from ..errors import InvalidInputError, UnsupportedLayerError
 from ..validation import check_batch, check_logits, describe_model, model_device, model_dtype
 from .certificate import Certificate
-from .linf_dist import LinfDistLinear
+from .linf_dist import LinfDistLinear, certification_mode, linf_dist_layers, set_p
 
 __all__ = [
     "LinfDistNet", "linf_dist_net", "linf_dist_layers", "certify_linf_dist", "linf_dist_radius", "set_p",
@@ -93,17 +91,6 @@ def linf_dist_net(
     return LinfDistNet((in_channels, image_size, image_size), num_classes, depth, width, identity_val, std)
 
 
-def linf_dist_layers(model: nn.Module) -> list[LinfDistLinear]:
-    """Every L∞-dist layer of ``model`` (dense and convolutional)."""
-    return [m for m in model.modules() if isinstance(m, LinfDistLinear)]
-
-
-def set_p(model: nn.Module, p: float) -> None:
-    """Set the norm ``p`` of every L∞-dist layer of ``model``."""
-    for layer in linf_dist_layers(model):
-        layer.p = p
-
-
 def set_linf_dist_compiled(model: nn.Module, enabled: bool) -> int:
     """Switch every L∞-dist layer of ``model`` to the compiled ``p = inf`` kernel (``enabled``) or the eager one.
 
@@ -119,23 +106,6 @@ def set_linf_dist_compiled(model: nn.Module, enabled: bool) -> int:
     for layer in layers:
         layer.compiled = bool(enabled)
     return len(layers)
-
-
-@contextmanager
-def _certification_mode(model: LinfDistNet) -> Iterator[None]:
-    """Eval mode and ``p = inf`` inside the block; the previous state is restored after."""
-    layers = linf_dist_layers(model)
-    saved_p = [layer.p for layer in layers]
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    set_p(model, math.inf)
-    try:
-        yield
-    finally:
-        for layer, p in zip(layers, saved_p):
-            layer.p = p
-        for m, mode in zip(model.modules(), modes):
-            m.train(mode)
 
 
 def linf_dist_radius(raw: torch.Tensor) -> torch.Tensor:
@@ -168,7 +138,7 @@ def certify_linf_dist(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Cer
             "only networks built from L∞-dist neurons are 1-Lipschitz in L∞; use --method lmt for other models"
         )
     x, y = check_batch(x, y, dtype=model_dtype(model), device=model_device(model))
-    with _certification_mode(model):
+    with certification_mode(model):
         start = time.perf_counter()
         raw = model.raw(x)
         check_logits(raw, y)

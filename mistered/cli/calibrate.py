@@ -66,7 +66,7 @@ def calibrate(data_name: str, split: str, metrics: tuple[str, ...], n: int, mode
 
     from .. import calibrate as calibration
     from ..calibrate.report import TABLE_COLUMNS, check_presets, plot_histograms, table_rows
-    from ..data import load_dataset
+    from ..data import load_dataset, materialize, select
     from ..device import resolve_device
     from ..results import default_out_dir, make_record, write_record
 
@@ -77,7 +77,7 @@ def calibrate(data_name: str, split: str, metrics: tuple[str, ...], n: int, mode
     distances = {metric: calibration.distance_name(metric) for metric in metrics}  # validates the names
     started = time.perf_counter()
     torch_device = resolve_device(device)
-    data = load_dataset(data_name, split).subset(n)
+    data = materialize(select(load_dataset(data_name, split), n=n))
     networks = _feature_networks(tuple(distances.values()), model_spec, lpips_net, torch_device)
     images, labels = data.images.to(torch_device), data.labels.to(torch_device)
 

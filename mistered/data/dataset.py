@@ -9,15 +9,11 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from .labeled import LabeledImages
 
 __all__ = ["SPLITS", "DataSource", "LabeledDataset", "as_index"]
 
@@ -112,17 +108,6 @@ class LabeledDataset(torch.utils.data.Dataset):
             bad = int(index[(index < 0) | (index >= n)][0])
             raise InvalidInputError(f"index {bad} is out of range for the {n} examples of {self.name}")
         return self.images_at(index), self.labels[index]
-
-    def subset(self, n: int) -> LabeledImages:
-        """The first ``n`` examples (all if ``n >= len(self)``), in memory, as a :class:`~mistered.data.LabeledImages`.
-
-        Kept for code written when every loader returned ``LabeledImages``; prefer :func:`~mistered.data.select`
-        (a view) and :func:`~mistered.data.materialize`.
-        """
-        from .labeled import materialize
-        from .selection import select
-
-        return materialize(select(self, n=n))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, n={len(self)}, shape={self.sample_shape}, K={self.num_classes})"
