@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mistered.certify.branch_distance import _CUTS_FROM, _relaxation, branch_and_bound_distance
-from mistered.certify.geocert import _Search, certify_geocert, geocert, start_search
+from mistered.certify.geocert import certify_geocert, geocert, start_search
+from mistered.certify.region_search import RegionSearch
 from mistered.certify.mindist_mip import margin_net, mindist_mip
 from mistered.certify.projection import project_l2
 from mistered.certify.l2_cut_relaxation import FirstLayerDistance
@@ -141,7 +142,7 @@ def test_l2_cut_bound_never_exceeds_the_qp_and_reaches_it_when_that_prunes(seed)
     d = _CUTS_FROM
     net, x = random_box_crossing_net(seed, (d, 12, 10, 3)), _point(seed, d)
     net, x0, c, _, _ = start_search(net, x, "l2", None, None, (0.0, 1.0))
-    search = _Search(margin_net(net, c), x0, "l2", (0.0, 1.0))
+    search = RegionSearch(margin_net(net, c), x0, "l2", (0.0, 1.0))
     search.shrink(0.8)
     qp, cuts = _relaxation(search, x0, "l2", c), _relaxation(search, x0, "l2", c, l2_cuts=True)
     rng = np.random.default_rng(seed)
@@ -175,7 +176,7 @@ def test_lp_cutoff_stops_above_the_pruning_level_and_never_above_the_optimum(nor
     d = 12
     net, x = random_box_crossing_net(2, (d, 10, 8, 3)), _point(2, d)
     net, x0, c, _, _ = start_search(net, x, norm, None, None, (0.0, 1.0))
-    search = _Search(margin_net(net, c), x0, norm, (0.0, 1.0))
+    search = RegionSearch(margin_net(net, c), x0, norm, (0.0, 1.0))
     search.shrink(0.8 if norm == "l1" else 0.3)
     relax = _relaxation(search, x0, norm, c)
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistered.certify.geocert import _Search
+from mistered.certify.region_search import RegionSearch
 from mistered.certify.halfspace import pair_excludes_box
 from mistered.certify.projection import (LinfProjector, _dual_newton, _interior_point_multipliers,
                                           _least_distance_nnls, distance_lp, project_l2)
@@ -104,7 +104,7 @@ def test_l2_projection_reports_an_empty_polytope_where_both_exact_methods_stall(
 def test_memoised_row_bounds_equal_the_closed_form_for_regions_and_their_neighbours(norm):
     net = random_box_crossing_net(7, (6, 5, 5, 3))
     x0 = torch.rand(6, generator=torch.Generator().manual_seed(7), dtype=torch.float64).numpy()
-    search = _Search(net, x0, norm, (0.0, 1.0))
+    search = RegionSearch(net, x0, norm, (0.0, 1.0))
     rng = np.random.default_rng(0)
     for radius in (np.inf, np.inf, 0.3, 0.3):  # repeated radii hit the memo; a new radius clears it
         pattern = rng.random(search.unstable.shape[0]) < 0.5

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mistered.certify.boundary_search import boundary_search
-from mistered.certify.geocert import _Search, certify_geocert, geocert
+from mistered.certify.geocert import certify_geocert, geocert
+from mistered.certify.region_search import RegionSearch
 from mistered.certify.halfspace import halfspace_projection
 from mistered.certify.projection import polytope_distance
 from _nets import random_box_crossing_net
@@ -50,7 +51,7 @@ def test_halfspace_distance_equals_the_exact_projection(seed, norm):
 @pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
 def test_neighbour_bounds_never_exceed_the_neighbours_exact_distance(norm):
     net, x0 = _random_net(7, (6, 5, 5, 3)), _point(7, 6).numpy()
-    search = _Search(net, x0, norm, (0.0, 1.0))
+    search = RegionSearch(net, x0, norm, (0.0, 1.0))
     pattern = np.concatenate([(z[0] > 0).numpy() for z in net.pre_activations(torch.as_tensor(x0)[None])[:-1]])
     a, b, rows, _, _ = search.region(pattern)
     ks, lbs = search.neighbour_bounds(pattern, a, b, rows, search.bound(a, b, np.inf), np.inf)
@@ -67,7 +68,7 @@ def test_neighbour_bounds_never_exceed_the_neighbours_exact_distance(norm):
 def test_ball_interval_bounds_only_fix_neurons_that_are_stable_in_the_ball(norm):
     net, x0 = _random_net(8, (6, 8, 8, 3)), _point(8, 6)
     radius = 0.15
-    search = _Search(net, x0.numpy(), norm, (0.0, 1.0))
+    search = RegionSearch(net, x0.numpy(), norm, (0.0, 1.0))
     search.shrink(radius)
     assert (~search.unstable).any()  # the bound does fix something here
     gen = torch.Generator().manual_seed(0)

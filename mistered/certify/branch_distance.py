@@ -47,7 +47,7 @@ import time
 import numpy as np
 import torch
 
-from .geocert import GeoCertResult, _Search, start_search
+from .region_search import GeoCertResult, RegionSearch, start_search
 from .mindist_mip import margin_net
 from .plnet import PiecewiseLinearNet
 from .l2_cut_relaxation import L2CutRelaxation
@@ -93,7 +93,7 @@ def branch_and_bound_distance(
     start = time.perf_counter()
     net, x0, c, best, best_x = start_search(net, x, norm, upper_bound, x_adv, domain)
     eps = np.inf if decision_eps is None else float(decision_eps)
-    search = _Search(margin_net(net, c), x0, norm, domain)  # outputs f_j - f_c: the targets' margins
+    search = RegionSearch(margin_net(net, c), x0, norm, domain)  # outputs f_j - f_c: the targets' margins
 
     def limit() -> float:  # nothing at or beyond this distance matters (decision mode: nothing beyond eps)
         return min(best, np.nextafter(eps, np.inf))
@@ -186,7 +186,7 @@ def branch_and_bound_distance(
                          seconds, {"n_projections": search.n_solves, "n_relaxations": n_relaxations})
 
 
-def _relaxation(search: _Search, x0: np.ndarray, norm: str, c: int, l2_cuts: bool = False) -> TriangleRelaxation:
+def _relaxation(search: RegionSearch, x0: np.ndarray, norm: str, c: int, l2_cuts: bool = False) -> TriangleRelaxation:
     """The relaxation over the search's current box and pre-activation bounds (with ``l2_cuts``, the L2 bound over
     the hidden units, :class:`~mistered.certify.l2_cut_relaxation.L2CutRelaxation`)."""
     lower = np.concatenate([low[0].numpy() for low, _ in search.bounds[:-1]] or [np.zeros(0)])
@@ -197,14 +197,14 @@ def _relaxation(search: _Search, x0: np.ndarray, norm: str, c: int, l2_cuts: boo
     return TriangleRelaxation(search.ws, search.bs, x0, norm, lo, hi, lower, upper, c)
 
 
-def _pattern(search: _Search, x: np.ndarray, domain: tuple[float, float]) -> np.ndarray:
+def _pattern(search: RegionSearch, x: np.ndarray, domain: tuple[float, float]) -> np.ndarray:
     """``(N,)`` bool: the network's activation pattern at ``x`` (clipped to the domain)."""
     point = torch.as_tensor(np.clip(x, domain[0], domain[1]))[None]
     pre = search.net.pre_activations(point)[:-1]
     return np.concatenate([(z[0] > 0).numpy() for z in pre] or [np.zeros(0, bool)])
 
 
-def _project(search: _Search, tag: tuple[int, bytes], radius: float) -> tuple[np.ndarray, float] | None:
+def _project(search: RegionSearch, tag: tuple[int, bytes], radius: float) -> tuple[np.ndarray, float] | None:
     """Exact nearest point of the region of pattern ``tag[1]`` where target ``tag[0]`` wins (margin >= 0)."""
     j, pattern = tag[0], np.frombuffer(tag[1], dtype=bool)
     a, b, _, margin_mat, margin_off = search.region(pattern)
