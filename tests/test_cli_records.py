@@ -56,6 +56,7 @@ def test_an_unwritable_out_folder_is_one_error_before_any_work(tmp_path, no_atta
     try:
         if os.access(folder, os.W_OK):  # root writes anywhere: use a folder the kernel keeps read-only
             if not os.path.isdir("/sys"):
+                # Justified skip: as root with no /sys there is no folder this process cannot write to
                 pytest.skip("running as root without a read-only file system to test with")
             folder = "/sys"
         _one_error_line(_attack("--out", str(folder)), "cannot be written")
