@@ -165,7 +165,7 @@ def test_ssim_refuses_images_smaller_than_the_window():
         ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
 
 
-@pytest.mark.parametrize("name", ["dssim", "ms-dssim", "l2"])
+@pytest.mark.parametrize("name", ["dssim", "ms-dssim", "l2", "lpips", "lpips-vgg"])
 def test_reference_distance_equals_distance_on_chosen_rows(name):
     x, y = _smooth_images(4, 1, 28, 19), _smooth_images(4, 1, 28, 20)
     rows = torch.tensor([3, 1])

@@ -15,7 +15,7 @@ import torch
 from mistered._compat import import_torchvision
 from mistered.errors import InvalidInputError, WeightsNotFoundError
 from mistered.io import safe_torch_load
-from mistered.metrics import distance, get_lpips, reference_distance
+from mistered.metrics import distance, get_lpips
 from mistered.metrics import lpips_trunk
 from mistered.metrics.lpips_trunk import NumpyOnlyUnpickler, check_trunk, load_alexnet_trunk, load_trunk
 from test_metrics import _smooth_images
@@ -123,15 +123,6 @@ def test_lpips_accepts_small_and_grayscale_images(shape):
     x = torch.rand(shape, generator=torch.Generator().manual_seed(14))
     value = distance("lpips", x, x.flip(-1))
     assert value.shape == (shape[0],) and torch.isfinite(value).all() and (value > 0).all()
-
-
-@pytest.mark.parametrize("name", ["lpips", "lpips-vgg"])
-def test_reference_distance_equals_distance_on_chosen_rows(name):
-    x, y = _smooth_images(4, 1, 28, 19), _smooth_images(4, 1, 28, 20)
-    rows = torch.tensor([3, 1])
-    measure = reference_distance(name, x)
-    torch.testing.assert_close(measure(y, None), distance(name, x, y), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(measure(y[rows], rows), distance(name, x[rows], y[rows]), atol=1e-6, rtol=1e-5)
 
 
 def test_shared_lpips_module_is_cached_frozen_and_stays_in_eval_mode():
