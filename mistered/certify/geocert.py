@@ -110,45 +110,14 @@ def geocert(
         if region_lb >= limit():
             continue
         if not verified:
-            at = np.flatnonzero(rows == flipped_k)
-            if region_lb > key:  # the full closed-form bound moved it back: re-queue, solve only if still in front
-                heapq.heappush(heap, (region_lb, counter, False, pattern, flipped_k))
-            elif at.size and pair_excludes_box(a[at[0]], b[at[0]], np.delete(a, at[0], 0), np.delete(b, at[0]),
-                                               *search.box(limit())):
-                pass  # the flipped row and another one leave nothing in the search box: the region is empty there
-            else:  # exact distance to the region, re-queued with it
-                sol = search.solve(a, b, limit())
-                if sol is not None and sol[1] < limit():
-                    heapq.heappush(heap, (max(sol[1], key), counter, True, pattern, flipped_k))
+            _project_queued(search, heap, (region_lb, key, counter, pattern, flipped_k), a, b, rows, limit())
             counter += 1
             continue
         n_regions += 1
-        # adversarial part of the region, nearest half-space first: (f_c - f_j)(x) <= 0
-        adv_a = logit_mat[c][None] - np.delete(logit_mat, c, axis=0)
-        adv_b = np.delete(logit_off, c) - logit_off[c]
-        adv_lb = np.maximum(search.bound(adv_a, adv_b, limit()), region_lb)
-        for j in np.argsort(adv_lb):
-            if adv_lb[j] >= limit():
-                break
-            sol = search.solve(np.vstack([a, adv_a[j]]), np.append(b, adv_b[j]), limit())
-            if sol is not None and sol[1] < best:
-                best, best_x = sol[1], sol[0]
-                search.shrink(limit())
+        best, best_x = _nearest_adversarial(search, c, (a, b, logit_mat, logit_off), region_lb, best, best_x, eps)
         if decision_eps is not None and best <= eps:
             break
-        # neighbours: flip each unstable ReLU, queued with a closed-form lower bound
-        ks, lbs = search.neighbour_bounds(pattern, a, b, rows, row_dist, limit())
-        for k, lb in zip(ks, lbs):
-            if lb >= limit() or not search.unstable[k]:
-                continue
-            flipped = pattern.copy()
-            flipped[k] = not flipped[k]
-            tag = flipped.tobytes()
-            if tag in queued:
-                continue
-            queued.add(tag)
-            heapq.heappush(heap, (float(lb), counter, False, flipped, int(k)))
-            counter += 1
+        counter = _queue_neighbours(search, heap, queued, counter, (pattern, a, b, rows, row_dist), limit())
     lower = min(heap[0][0], best) if heap else best
     if status is None:
         if decision_eps is not None:
@@ -163,6 +132,66 @@ def geocert(
     if best_x is not None:
         adv = torch.as_tensor(best_x).reshape(net.input_shape)
     return GeoCertResult(float(lower), float(best), status, adv, c, norm, n_regions, search.n_solves, seconds)
+
+
+def _project_queued(search: RegionSearch, heap: list, entry: tuple, a: np.ndarray, b: np.ndarray, rows: np.ndarray,
+                    limit: float) -> None:
+    """A queued neighbour reaching the front: re-queued with its full closed-form bound if that moved it back,
+    dropped if its flipped row and another leave nothing in the search box, else re-queued verified at its exact
+    distance. ``entry`` is ``(region_lb, key, counter, pattern, flipped_k)``."""
+    region_lb, key, counter, pattern, flipped_k = entry
+    at = np.flatnonzero(rows == flipped_k)
+    if region_lb > key:  # the full closed-form bound moved it back: re-queue, solve only if still in front
+        heapq.heappush(heap, (region_lb, counter, False, pattern, flipped_k))
+    elif at.size and pair_excludes_box(a[at[0]], b[at[0]], np.delete(a, at[0], 0), np.delete(b, at[0]),
+                                       *search.box(limit)):
+        pass  # the flipped row and another one leave nothing in the search box: the region is empty there
+    else:  # exact distance to the region, re-queued with it
+        sol = search.solve(a, b, limit)
+        if sol is not None and sol[1] < limit:
+            heapq.heappush(heap, (max(sol[1], key), counter, True, pattern, flipped_k))
+
+
+def _nearest_adversarial(search: RegionSearch, c: int, region: tuple, region_lb: float, best: float,
+                         best_x: np.ndarray | None, eps: float) -> tuple[float, np.ndarray | None]:
+    """The region's adversarial part, nearest half-space ``(f_c - f_j)(x) <= 0`` first: the best distance and
+    point so far, improved by every exact solve below it. ``region`` is ``(a, b, logit_mat, logit_off)``."""
+    a, b, logit_mat, logit_off = region
+
+    def limit() -> float:
+        return min(best, np.nextafter(eps, np.inf))
+
+    adv_a = logit_mat[c][None] - np.delete(logit_mat, c, axis=0)
+    adv_b = np.delete(logit_off, c) - logit_off[c]
+    adv_lb = np.maximum(search.bound(adv_a, adv_b, limit()), region_lb)
+    for j in np.argsort(adv_lb):
+        if adv_lb[j] >= limit():
+            break
+        sol = search.solve(np.vstack([a, adv_a[j]]), np.append(b, adv_b[j]), limit())
+        if sol is not None and sol[1] < best:
+            best, best_x = sol[1], sol[0]
+            search.shrink(limit())
+    return best, best_x
+
+
+def _queue_neighbours(search: RegionSearch, heap: list, queued: set, counter: int, region: tuple,
+                      limit: float) -> int:
+    """Queue each neighbour (one unstable ReLU flipped) not seen before with its closed-form lower bound; returns
+    the next tie-break counter. ``region`` is ``(pattern, a, b, rows, row_dist)``."""
+    pattern, a, b, rows, row_dist = region
+    ks, lbs = search.neighbour_bounds(pattern, a, b, rows, row_dist, limit)
+    for k, lb in zip(ks, lbs):
+        if lb >= limit or not search.unstable[k]:
+            continue
+        flipped = pattern.copy()
+        flipped[k] = not flipped[k]
+        tag = flipped.tobytes()
+        if tag in queued:
+            continue
+        queued.add(tag)
+        heapq.heappush(heap, (float(lb), counter, False, flipped, int(k)))
+        counter += 1
+    return counter
 
 
 def certify_geocert(
