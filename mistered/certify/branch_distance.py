@@ -95,31 +95,15 @@ def branch_and_bound_distance(
     eps = np.inf if decision_eps is None else float(decision_eps)
     search = RegionSearch(margin_net(net, c), x0, norm, domain)  # outputs f_j - f_c: the targets' margins
 
-    def limit() -> float:  # nothing at or beyond this distance matters (decision mode: nothing beyond eps)
-        return min(best, np.nextafter(eps, np.inf))
-
+    incumbent = _Incumbent(search, best, best_x, eps)
+    limit = incumbent.limit
     search.shrink(limit())
     n_hidden = int(sum(search.sizes))
-    reachable = search.bounds[-1][1][0].numpy() >= 0
-    heap = [(0.0, j, j, np.zeros(n_hidden, np.int8)) for j in range(len(reachable)) if j != c and reachable[j]]
-    heapq.heapify(heap)
-    counter, n_nodes, n_relaxations, status = len(reachable), 0, 0, None
+    heap, counter = _root_nodes(search, c, n_hidden)
+    n_nodes, n_relaxations, status = 0, 0, None
     closed = np.inf  # the least bound of a node closed as attained (within _ATTAINED of its bound)
     relax, cut_relax, relax_radius = None, None, np.nan
     use_cuts = norm == "l2" and x0.shape[0] >= _CUTS_FROM and n_hidden > 0
-    projected: dict[tuple[int, bytes], float] = {}  # (target, pattern) -> distance of its exact projection
-
-    def offer(tag: tuple[int, bytes]) -> float:
-        """The exact distance of the region ``tag`` (once per region), which becomes the best if it is nearer."""
-        nonlocal best, best_x
-        if tag not in projected:
-            point = _project(search, tag, limit())
-            projected[tag] = np.inf if point is None else point[1]
-            if point is not None and point[1] < best:
-                best, best_x = point[1], point[0]
-                search.shrink(limit())
-        return projected[tag]
-
     while heap and heap[0][0] < limit():
         if time_limit is not None and time.perf_counter() - start > time_limit:
             status = "timeout"
@@ -135,55 +119,103 @@ def branch_and_bound_distance(
         n_nodes += 1
         free = relax.unstable & (splits == 0)
         if not free.any():  # a leaf is one linear region: its exact projection is its exact distance
-            offer((j, np.where(relax.unstable, splits > 0, relax.active).tobytes()))
-            if decision_eps is not None and best <= eps:
+            incumbent.offer((j, np.where(relax.unstable, splits > 0, relax.active).tobytes()))
+            if decision_eps is not None and incumbent.best <= eps:
                 break
             continue
-        sol = None
-        if cut_relax is not None:  # L2 on large inputs: the bound from cuts; the QP only if that solve fails
-            cut_relax.set_node(splits, j)
-            n_relaxations += 1
-            sol = cut_relax.solve(limit())
-            if sol is None or (not isinstance(sol, str) and max(key, sol.bound * (1 - _SAFETY)) >= limit()):
-                continue
-            if isinstance(sol, str):
-                sol = None
-        if sol is None:
-            relax.set_node(splits, j)
-            n_relaxations += 1
-            sol = relax.solve(limit())
-        if sol is None:
-            continue
-        bound = key if isinstance(sol, str) else max(key, sol.bound * (1 - _SAFETY))
-        if bound >= limit():
+        sol, bound, solved = _bound_node(relax, cut_relax, splits, j, key, limit())
+        n_relaxations += solved
+        if sol is None or bound >= limit():
             continue
         if not isinstance(sol, str):
-            if offer((j, _pattern(search, x0 + sol.delta, domain).tobytes())) <= sol.bound * (1 + _ATTAINED):
+            tag = (j, _pattern(search, x0 + sol.delta, domain).tobytes())
+            if incumbent.offer(tag) <= sol.bound * (1 + _ATTAINED):
                 closed = min(closed, bound)
                 continue  # the node's bound is attained: nothing in it is nearer (than that bound)
-        if decision_eps is not None and best <= eps:
+        if decision_eps is not None and incumbent.best <= eps:
             break
         if bound >= limit():
             continue
-        score = np.zeros(n_hidden) if isinstance(sol, str) else sol.violation
-        k = int(np.flatnonzero(free)[np.argmax(score[free])])
-        for side in (1, -1):
-            child = splits.copy()
-            child[k] = side
-            heapq.heappush(heap, (bound, counter, j, child))
-            counter += 1
+        counter = _branch(heap, counter, (bound, j, splits), free, None if isinstance(sol, str) else sol.violation)
+    best, best_x = incumbent.best, incumbent.x
     lower = min(heap[0][0], best, closed) if heap else min(best, closed)
     if status is None:
-        if decision_eps is not None:
-            status = "attacked" if best <= eps else "certified"
-        else:
-            status = "exact"
+        status = "exact" if decision_eps is None else ("attacked" if best <= eps else "certified")
     seconds = time.perf_counter() - start
     logger.debug("branch and bound %s: [%g, %g] %s, %d nodes, %d relaxations, %d projections, %.3fs", norm, lower,
                  best, status, n_nodes, n_relaxations, search.n_solves, seconds)
     adv = None if best_x is None else torch.as_tensor(best_x).reshape(net.input_shape)
     return GeoCertResult(float(lower), float(best), status, adv, c, norm, n_nodes, n_relaxations + search.n_solves,
                          seconds, {"n_projections": search.n_solves, "n_relaxations": n_relaxations})
+
+
+class _Incumbent:
+    """The best adversarial point so far (distance ``best``, point ``x``) and the exact projections already made,
+    one per region ``(target, pattern)``; ``limit()``: nothing at or beyond it matters (decision mode: nothing
+    beyond ``eps``)."""
+
+    def __init__(self, search: RegionSearch, best: float, x: np.ndarray | None, eps: float) -> None:
+        self.search, self.best, self.x, self.eps = search, best, x, eps
+        self.projected: dict[tuple[int, bytes], float] = {}
+
+    def limit(self) -> float:
+        return min(self.best, np.nextafter(self.eps, np.inf))
+
+    def offer(self, tag: tuple[int, bytes]) -> float:
+        """The exact distance of the region ``tag`` (once per region), which becomes the best if it is nearer."""
+        if tag not in self.projected:
+            point = _project(self.search, tag, self.limit())
+            self.projected[tag] = np.inf if point is None else point[1]
+            if point is not None and point[1] < self.best:
+                self.best, self.x = point[1], point[0]
+                self.search.shrink(self.limit())
+        return self.projected[tag]
+
+
+def _root_nodes(search: RegionSearch, c: int, n_hidden: int) -> tuple[list, int]:
+    """The heap of root nodes, one per target class ``j != c`` the margins' bounds leave reachable (no ReLU
+    split yet), and the next tie-break counter."""
+    reachable = search.bounds[-1][1][0].numpy() >= 0
+    heap = [(0.0, j, j, np.zeros(n_hidden, np.int8)) for j in range(len(reachable)) if j != c and reachable[j]]
+    heapq.heapify(heap)
+    return heap, len(reachable)
+
+
+def _bound_node(relax: TriangleRelaxation, cut_relax: L2CutRelaxation | None, splits: np.ndarray, j: int,
+                key: float, limit: float) -> tuple[object, float, int]:
+    """The relaxation's solution at the node (``splits``, target ``j``), its lower bound (never below the parent's
+    ``key``) and the number of relaxations solved; the solution is ``None`` when the node is pruned. In L2 on
+    large inputs the cut LP bounds it first and the QP relaxation runs only if that solve fails."""
+    sol, solved = None, 0
+    if cut_relax is not None:
+        cut_relax.set_node(splits, j)
+        solved += 1
+        sol = cut_relax.solve(limit)
+        if sol is None or (not isinstance(sol, str) and max(key, sol.bound * (1 - _SAFETY)) >= limit):
+            return None, np.inf, solved
+        if isinstance(sol, str):
+            sol = None
+    if sol is None:
+        relax.set_node(splits, j)
+        solved += 1
+        sol = relax.solve(limit)
+    if sol is None:
+        return None, np.inf, solved
+    return sol, (key if isinstance(sol, str) else max(key, sol.bound * (1 - _SAFETY))), solved
+
+
+def _branch(heap: list, counter: int, node: tuple, free: np.ndarray, violation: np.ndarray | None) -> int:
+    """Split the node ``(bound, j, splits)`` on the free ReLU its relaxation violates most (the first free one
+    without a violation score); both children are queued at the node's bound. Returns the next counter."""
+    bound, j, splits = node
+    score = np.zeros(len(splits)) if violation is None else violation
+    k = int(np.flatnonzero(free)[np.argmax(score[free])])
+    for side in (1, -1):
+        child = splits.copy()
+        child[k] = side
+        heapq.heappush(heap, (bound, counter, j, child))
+        counter += 1
+    return counter
 
 
 def _relaxation(search: RegionSearch, x0: np.ndarray, norm: str, c: int, l2_cuts: bool = False) -> TriangleRelaxation:
