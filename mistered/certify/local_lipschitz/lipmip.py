@@ -213,34 +213,13 @@ def solve_lipmip(
         directions.lower.to("cpu", torch.float64), directions.upper.to("cpu", torch.float64),
         directions.simplex, directions.description,
     )
-    if bounds not in PRE_ACTIVATION_BOUNDS:
-        raise InvalidInputError(f"bounds must be one of {PRE_ACTIVATION_BOUNDS}, got {bounds!r}")
-    pre = (interval_bounds if bounds == "interval" else linear_bounds)(net, lo, hi)
-    if bounds == "auto":
-        unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre[:-1])
-        bounds = "lp" if unstable > AUTO_LP_UNSTABLE else "crown"
-    if bounds == "lp":
-        pre = lp_bounds(net, lo, hi, pre, time_limit=time_limit)
+    pre, bounds = _pre_activation_bounds(net, lo, hi, bounds, time_limit)
     fallback = float(fastlip_bound(net, pre, directions, norm)[0])
 
     model = MipModel(solver, relax)
     x_vars, deltas = forward_relus(model, net, lo[0].numpy(), hi[0].numpy(), pre)
-    if formulation == "auto":
-        formulation = "forward" if directions.fixed else "backward"
-    if formulation == "forward":
-        if not directions.fixed:
-            raise InvalidInputError("formulation='forward' needs a fixed output weighting (scalar or margin objective)")
-        t_bounds = None
-        if bounds == "lp":
-            remaining = None if time_limit is None else time_limit - (time.perf_counter() - start)
-            t_bounds = tangent_bounds(net, lo[0].numpy(), hi[0].numpy(), pre, norm, time_limit=remaining)
-        tangent_objective(model, net, deltas, directions.lower[0].numpy(), norm, t_bounds)
-    elif formulation == "backward":
-        back = backward_bounds(net, pre, directions.lower, directions.upper)
-        coef, const, variables = _backward(model, net, deltas, back, directions)
-        _dual_norm_objective(model, coef, const, variables, back[0][0][0].numpy(), back[0][1][0].numpy(), norm)
-    else:
-        raise InvalidInputError(f"formulation must be 'auto', 'forward' or 'backward', got {formulation!r}")
+    remaining = None if time_limit is None else time_limit - (time.perf_counter() - start)
+    formulation = _objective(model, net, (lo, hi, pre), deltas, directions, norm, formulation, bounds, remaining)
 
     params = model.pywraplp.MPSolverParameters()
     if not relax:
@@ -269,3 +248,41 @@ def solve_lipmip(
     bound = model.solver.Objective().BestBound() if has_incumbent and not relax else float("inf")
     upper_bound = min(bound, fallback) if np.isfinite(bound) else fallback
     return MipSolution(upper_bound, incumbent, upper_bound, "timeout", x, seconds, stats)
+
+
+def _pre_activation_bounds(net: PiecewiseLinearNet, lo: torch.Tensor, hi: torch.Tensor, bounds: str,
+                           time_limit: float | None) -> tuple[list, str]:
+    """The pre-activation bounds behind stable neurons and big-M constants over the box ``[lo, hi]`` ``(1, d)``,
+    and the kind used (``"auto"`` resolved: LP-tightened above :data:`AUTO_LP_UNSTABLE` unstable neurons)."""
+    if bounds not in PRE_ACTIVATION_BOUNDS:
+        raise InvalidInputError(f"bounds must be one of {PRE_ACTIVATION_BOUNDS}, got {bounds!r}")
+    pre = (interval_bounds if bounds == "interval" else linear_bounds)(net, lo, hi)
+    if bounds == "auto":
+        unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre[:-1])
+        bounds = "lp" if unstable > AUTO_LP_UNSTABLE else "crown"
+    if bounds == "lp":
+        pre = lp_bounds(net, lo, hi, pre, time_limit=time_limit)
+    return pre, bounds
+
+
+def _objective(model: MipModel, net: PiecewiseLinearNet, box: tuple, deltas: list, directions: OutputDirections,
+               norm: str, formulation: str, bounds: str, time_limit: float | None) -> str:
+    """Add the objective of ``formulation`` (``"auto"`` resolved) to ``model``; ``box`` is ``(lo, hi, pre)``.
+    Returns the formulation used."""
+    lo, hi, pre = box
+    if formulation == "auto":
+        formulation = "forward" if directions.fixed else "backward"
+    if formulation == "forward":
+        if not directions.fixed:
+            raise InvalidInputError("formulation='forward' needs a fixed output weighting (scalar or margin objective)")
+        t_bounds = None
+        if bounds == "lp":
+            t_bounds = tangent_bounds(net, lo[0].numpy(), hi[0].numpy(), pre, norm, time_limit=time_limit)
+        tangent_objective(model, net, deltas, directions.lower[0].numpy(), norm, t_bounds)
+    elif formulation == "backward":
+        back = backward_bounds(net, pre, directions.lower, directions.upper)
+        coef, const, variables = _backward(model, net, deltas, back, directions)
+        _dual_norm_objective(model, coef, const, variables, back[0][0][0].numpy(), back[0][1][0].numpy(), norm)
+    else:
+        raise InvalidInputError(f"formulation must be 'auto', 'forward' or 'backward', got {formulation!r}")
+    return formulation
