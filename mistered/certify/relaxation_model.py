@@ -102,20 +102,7 @@ class TriangleRelaxation:
         cost[n_in:n_in + n_aux] = 1.0
         col_lo = np.concatenate([(lo - x0)[:n_in], np.zeros(n_aux), self.lower, np.zeros(unstable_idx.size)])
         col_hi = np.concatenate([(hi - x0)[:n_in], np.full(n_aux, inf), self.upper, self.upper[unstable_idx]])
-        blocks, row_lo, row_hi = [], [], []
-        eye = sp.identity(d, format="csr")
-        # only the rows that can bind: δ_i <= t (s_i >= δ_i) where δ_i can be positive, -δ_i <= t where negative
-        up, down = np.flatnonzero(hi - x0 > 0), np.flatnonzero(lo - x0 < 0)
-        if norm == "linf":  # ±δ_i - t <= 0
-            aux = sp.csr_matrix(-np.ones((d, 1)))
-            blocks += [(eye[up], aux[up]), (-eye[down], aux[down])]
-            row_lo += [np.full(up.size + down.size, -inf)]
-            row_hi += [np.zeros(up.size + down.size)]
-        elif norm == "l1":  # s_i ∓ δ_i >= 0 (and s_i >= 0, a bound)
-            blocks += [(-eye[up], eye[up]), (eye[down], eye[down])]
-            row_lo += [np.zeros(up.size + down.size)]
-            row_hi += [np.full(up.size + down.size, inf)]
-        rows = [sp.hstack([left, right, sp.csr_matrix((left.shape[0], n_cols - d - n_aux))]) for left, right in blocks]
+        rows, row_lo, row_hi = _norm_rows(norm, x0, lo, hi, n_cols - d - n_aux, inf)
         prev_cols, start = np.arange(d), 0
         for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):  # ẑ - W h_prev = b (+ W x0 on the first layer)
             m = w.shape[0]
@@ -299,6 +286,27 @@ def _sparse(m: int, n_cols: int, cols_a: np.ndarray, cols_b: np.ndarray, va: np.
     """``m`` rows with two entries each: ``va[i]`` at ``cols_a[i]`` and ``vb[i]`` at ``cols_b[i]``."""
     rows = np.concatenate([np.arange(m), np.arange(m)])
     return sp.csr_matrix((np.concatenate([va, vb]), (rows, np.concatenate([cols_a, cols_b]))), shape=(m, n_cols))
+
+
+def _norm_rows(norm: str, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray, n_rest: int,
+               inf: float) -> tuple[list, list, list]:
+    """The rows of the norm's epigraph over the columns ``[δ (d), aux, the n_rest others]``, with their row bounds:
+    only the rows that can bind (δ_i <= t, or s_i >= δ_i, where δ_i can be positive; -δ_i where negative). None in L2
+    (a Hessian, or cuts)."""
+    d = x0.shape[0]
+    blocks, row_lo, row_hi = [], [], []
+    eye = sp.identity(d, format="csr")
+    up, down = np.flatnonzero(hi - x0 > 0), np.flatnonzero(lo - x0 < 0)
+    if norm == "linf":  # ±δ_i - t <= 0
+        aux = sp.csr_matrix(-np.ones((d, 1)))
+        blocks += [(eye[up], aux[up]), (-eye[down], aux[down])]
+        row_lo += [np.full(up.size + down.size, -inf)]
+        row_hi += [np.zeros(up.size + down.size)]
+    elif norm == "l1":  # s_i ∓ δ_i >= 0 (and s_i >= 0, a bound)
+        blocks += [(-eye[up], eye[up]), (eye[down], eye[down])]
+        row_lo += [np.zeros(up.size + down.size)]
+        row_hi += [np.full(up.size + down.size, inf)]
+    return [sp.hstack([left, right, sp.csr_matrix((left.shape[0], n_rest))]) for left, right in blocks], row_lo, row_hi
 
 
 def _rows(m: int, n_cols: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> sp.csr_matrix:
