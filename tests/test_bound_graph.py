@@ -220,3 +220,17 @@ def test_onnx_residual_cnn_bounds_match_the_original(tmp_path):
     finite = torch.isfinite(ours)
     assert torch.allclose(ours[finite], theirs[finite], atol=1e-5)
     assert math.isinf(float(theirs[0, y[0]]))
+
+
+def test_a_fixed_batch_onnx_model_as_the_loader_wraps_it_is_traced(tmp_path):
+    import warnings
+
+    from mistered.models import load_model
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, 1, 4, 4),), str(tmp_path / "n.onnx"), dynamo=False, input_names=["x"])
+    model = load_model(tmp_path / "n.onnx", device="cpu")  # a batch of 1 declared: chunked
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(trace_graph(model, (1, 4, 4)).forward(x), net(x), atol=1e-5, rtol=1e-5)

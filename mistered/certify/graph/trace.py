@@ -29,6 +29,7 @@ import torch.fx as fx
 from torch import nn
 
 from ...errors import InvalidInputError, UnsupportedLayerError
+from ...models.batching import ChunkedModule
 from .builder import Builder, Ref, Site, unsupported
 from .functional import FUNCTION_CONVERTERS, METHOD_CONVERTERS
 from .graph import BoundGraph
@@ -183,7 +184,8 @@ def trace_graph(model: nn.Module, input_shape: Sequence[int], seed: int = 0,
 
     Args:
         model: any ``nn.Module`` with one tensor input and one tensor output, built from supported operations
-            (see :mod:`mistered.certify.graph`), including onnx2torch models.
+            (see :mod:`mistered.certify.graph`), including onnx2torch models (a fixed-batch one as the loader wraps
+            it, :class:`~mistered.models.batching.ChunkedModule`: its inner graph is traced).
         input_shape: e.g. ``(1, 28, 28)``.
         seed: of the random example input the conversion is checked on.
         dtype: of the example input and the graph's constants (default: the model's floating-point parameters',
@@ -199,6 +201,8 @@ def trace_graph(model: nn.Module, input_shape: Sequence[int], seed: int = 0,
     """
     if not input_shape or any(int(s) < 1 for s in input_shape):
         raise InvalidInputError(f"input_shape must be positive sizes such as (1, 28, 28), got {tuple(input_shape)}")
+    # a fixed-batch export (ONNX, torch.export) runs in chunks; the graph it wraps is the same function, traceable
+    model = model.wrapped_module if isinstance(model, ChunkedModule) else model
     first = next(iter(list(model.parameters()) + list(model.buffers())), None)
     if dtype is None:
         dtype = first.dtype if first is not None and first.is_floating_point() else torch.get_default_dtype()

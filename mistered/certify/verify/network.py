@@ -119,12 +119,8 @@ def _check_conversion(module: nn.Module, path: str, shape: tuple[int, ...], devi
 
 
 def _traced(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[BoundGraph | None, str | None]:
-    from ...models.batching import ChunkedModule
-
-    # a fixed-batch ONNX model runs in chunks of one example; its wrapped graph is the same function, batched
-    inner = module.wrapped_module if isinstance(module, ChunkedModule) else module
     try:
-        return trace_graph(inner, input_shape), None
+        return trace_graph(module, input_shape), None
     except MisteredError as error:
         logger.warning("no bounds for this model (it will only be attacked): %s", error)
         return None, str(error)
