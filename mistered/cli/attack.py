@@ -24,8 +24,6 @@ __all__ = ["attack", "summarize", "build_threat"]
 
 #: Threats whose radius ``--eps`` sets.
 _NORMS = ("linf", "l2")
-#: The smallest image side SSIM (hence DSSIM) measures.
-_SSIM_WINDOW = 11
 
 
 def summarize(result) -> dict[str, float | int | None]:
@@ -119,8 +117,10 @@ def attack(**options: Any) -> None:
 
 def _distances(sample_shape: tuple[int, ...]) -> tuple[str, ...]:
     """The distances measured on every example: L∞, L2, LPIPS, and DSSIM where the images are large enough for
-    SSIM's 11x11 window."""
-    return ("linf", "l2", "lpips") + (("dssim",) if min(sample_shape[1:]) >= _SSIM_WINDOW else ())
+    SSIM's window."""
+    from ..metrics.ssim import SSIM_WINDOW
+
+    return ("linf", "l2", "lpips") + (("dssim",) if min(sample_shape[1:]) >= SSIM_WINDOW else ())
 
 
 def _payload(result) -> dict[str, Any]:

@@ -22,7 +22,10 @@ from torch import nn
 from ..errors import InvalidInputError
 
 __all__ = ["ssim", "ms_ssim", "ssim_distance", "ms_ssim_distance", "ms_ssim_levels", "SSIMDistance",
-           "MS_SSIM_WEIGHTS", "gaussian_filter", "ssim_from_moments"]
+           "MS_SSIM_WEIGHTS", "SSIM_WINDOW", "gaussian_filter", "ssim_from_moments"]
+
+#: The side of SSIM's Gaussian window (as piq and Wang et al. 2004): the smallest image side SSIM measures.
+SSIM_WINDOW = 11
 
 #: Scale weights of MS-SSIM (Wang et al. 2003), finest scale first.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -41,7 +44,7 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, what: str, kernel_size: int) -
         raise InvalidInputError(f"{what} kernel_size must be odd, got {kernel_size}")
 
 
-def gaussian_filter(maps: torch.Tensor, kernel_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def gaussian_filter(maps: torch.Tensor, kernel_size: int = SSIM_WINDOW, sigma: float = 1.5) -> torch.Tensor:
     """Each channel of ``maps`` ``(B, C, H, W)`` filtered by SSIM's Gaussian window, without padding (two 1-D passes).
 
     Returns ``(B, C, H - kernel_size + 1, W - kernel_size + 1)``.
@@ -76,7 +79,7 @@ def _ssim_and_cs(x: torch.Tensor, y: torch.Tensor, kernel_size: int, sigma: floa
 def ssim(
     x: torch.Tensor,
     y: torch.Tensor,
-    kernel_size: int = 11,
+    kernel_size: int = SSIM_WINDOW,
     sigma: float = 1.5,
     k1: float = 0.01,
     k2: float = 0.03,
@@ -107,7 +110,7 @@ def ssim(
     return _ssim_and_cs(x, y, kernel_size, sigma, k1, k2)[0].mean(dim=1)
 
 
-def ms_ssim_levels(height: int, width: int, kernel_size: int = 11) -> int:
+def ms_ssim_levels(height: int, width: int, kernel_size: int = SSIM_WINDOW) -> int:
     """How many MS-SSIM scales an ``height x width`` image has room for: at most 5, each coarser scale
     still at least ``kernel_size`` pixels (side ``>= (kernel_size - 1) * 2**(levels - 1) + 1``)."""
     levels = 0
@@ -116,7 +119,7 @@ def ms_ssim_levels(height: int, width: int, kernel_size: int = 11) -> int:
     return levels
 
 
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, kernel_size: int = 11, sigma: float = 1.5, k1: float = 0.01,
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, kernel_size: int = SSIM_WINDOW, sigma: float = 1.5, k1: float = 0.01,
             k2: float = 0.03) -> torch.Tensor:
     """Multi-scale SSIM per example, as ``piq.multi_scale_ssim(x, y, scale_weights=w, reduction="none")``.
 
