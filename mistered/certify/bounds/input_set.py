@@ -63,6 +63,19 @@ class InputSet:
         upper = (x + radius).clamp(max=domain[1])
         return cls(x, eps_t, norm, lower, upper)
 
+    @classmethod
+    def box(cls, lower: torch.Tensor, upper: torch.Tensor) -> InputSet:
+        """Exactly the boxes ``[lower, upper]`` ``(B, *shape)`` (a VNNLIB input region: never clipped to ``[0, 1]``);
+        as an L∞ set of radius 0 around the centre, whose box is the whole region.
+
+        Raises:
+            InvalidInputError: shapes that differ, or a lower bound above its upper bound.
+        """
+        if lower.shape != upper.shape or bool((lower > upper).any()):
+            raise InvalidInputError(f"a box needs lower <= upper of one shape, got {tuple(lower.shape)} and "
+                                    f"{tuple(upper.shape)}")
+        return cls((lower + upper) / 2, lower.new_zeros(lower.shape[0]), "linf", lower, upper)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> InputSet:
         """The same set with its tensors on ``device`` / in ``dtype``."""
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731

@@ -38,7 +38,7 @@ def box_input_set(lower: torch.Tensor, upper: torch.Tensor, input_shape: tuple[i
     ``[0, 1]``)."""
     lo = lower.to(device=device, dtype=dtype).reshape(-1, *input_shape)
     hi = upper.to(device=device, dtype=dtype).reshape(-1, *input_shape)
-    return InputSet((lo + hi) / 2, torch.zeros(lo.shape[0], dtype=dtype, device=device), "linf", lo, hi)
+    return InputSet.box(lo, hi)
 
 
 def _bounds(graph: BoundGraph, regions: list[Region], method: str, alpha: AlphaOptions) -> list[torch.Tensor]:
