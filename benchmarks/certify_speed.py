@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from mistered.certify.linf_dist import linf_dist
-from mistered.certify.linf_dist_nets import certify_linf_dist
-from mistered.certify.lmt import LMTCertifier
+from mistered.models.linf_dist.layers import linf_dist
+from mistered.certify.lipschitz.linf_dist import certify_linf_dist
+from mistered.certify.lipschitz.lmt import LMTCertifier
 from mistered.data import load_dataset
 from mistered.io import atomic_write_text
 from mistered.models import load_model, read_checkpoint

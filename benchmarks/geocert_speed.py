@@ -6,7 +6,7 @@ bundled ``mnist-fc`` (784-20-20-10), and on the first correctly classified test 
 binary nets) times per example:
 
 * GeoCert through the linear regions (``geocert-*``) and the branch and bound over ReLU splits (``branch-*``,
-  :func:`~mistered.certify.branch_distance.branch_and_bound_distance`), in L∞ and in L2, both seeded, as
+  :func:`~mistered.certify.exact.branch.branch_and_bound_distance`), in L∞ and in L2, both seeded, as
   ``certify_geocert`` does, by the closed-form boundary search (its time is included);
 * the MILP baseline in L∞ (SCIP through OR-Tools, cutting planes off, big-M from CROWN bounds over the seed's box),
   given the same seed as an upper bound (its time included).
@@ -36,11 +36,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import machine_description, update_section  # noqa: E402
 
-from mistered.certify.boundary_search import boundary_search  # noqa: E402
-from mistered.certify.branch_distance import branch_and_bound_distance  # noqa: E402
-from mistered.certify.geocert import geocert  # noqa: E402
-from mistered.certify.mindist_mip import mindist_mip  # noqa: E402
-from mistered.certify.plnet import PiecewiseLinearNet  # noqa: E402
+from mistered.certify.exact.boundary_search import boundary_search  # noqa: E402
+from mistered.certify.exact.branch import branch_and_bound_distance  # noqa: E402
+from mistered.certify.exact.geocert import geocert  # noqa: E402
+from mistered.certify.exact.mip import mindist_mip  # noqa: E402
+from mistered.certify.graph.piecewise import PiecewiseLinearNet  # noqa: E402
 from mistered.data import load_dataset  # noqa: E402
 from mistered.models import load_model  # noqa: E402
 

@@ -26,8 +26,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import machine_description, update_section  # noqa: E402
 
-from mistered.certify.local_lipschitz import METHODS, EstimatorOptions, estimate_lipschitz  # noqa: E402
-from mistered.certify.local_lipschitz.lipmip import AUTO_LP_UNSTABLE, PRE_ACTIVATION_BOUNDS  # noqa: E402
+from mistered.certify.lipschitz.local import METHODS, EstimatorOptions, estimate_lipschitz  # noqa: E402
+from mistered.certify.lipschitz.local.lipmip import AUTO_LP_UNSTABLE, PRE_ACTIVATION_BOUNDS  # noqa: E402
 from mistered.data import load_dataset  # noqa: E402
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mistered.certify.linf_dist import LinfDistConv2d
-from mistered.certify.linf_dist_hybrid import LinfDistHybrid
+from mistered.models.linf_dist.layers import LinfDistConv2d
+from mistered.models.linf_dist.hybrid import LinfDistHybrid
 from mistered.models import Normalized
 
 SHAPE = (2, 6, 6)  # (C, H, W) of the test images

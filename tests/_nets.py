@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import torch
 
-from mistered.certify.plnet import PiecewiseLinearNet
+from mistered.certify.graph.piecewise import PiecewiseLinearNet
 
 
 def random_box_crossing_net(seed: int, sizes: tuple[int, ...]) -> PiecewiseLinearNet:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-from mistered.certify.linear_bounds import ball_box_support, linear_bounds, search_region_bounds
+from mistered.certify.bounds.chain_linear import ball_box_support, linear_bounds, search_region_bounds
 from _nets import random_box_crossing_net
 
 

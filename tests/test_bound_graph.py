@@ -14,8 +14,8 @@ from mistered.certify.graph import (
     Affine, Cat, Conv2d, ConvTranspose2d, Linear, LinfDist, MaxPool2d, Permute, PiecewiseLinear, Reshape, Sum,
     trace_graph,
 )
-from mistered.certify.linf_dist import LinfDistLinear
-from mistered.certify.linf_dist_nets import LinfDistNet
+from mistered.models.linf_dist.layers import LinfDistLinear
+from mistered.models.linf_dist.nets import LinfDistNet
 from mistered.errors import InvalidInputError, UnsupportedLayerError
 from mistered.models import Normalized
 

@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistered.certify.branch_distance import _CUTS_FROM, _relaxation, branch_and_bound_distance
-from mistered.certify.geocert import certify_geocert, geocert, start_search
-from mistered.certify.region_search import RegionSearch
-from mistered.certify.mindist_mip import margin_net, mindist_mip
-from mistered.certify.projection import project_l2
-from mistered.certify.l2_cut_relaxation import FirstLayerDistance
+from mistered.certify.exact.branch import _CUTS_FROM, _relaxation, branch_and_bound_distance
+from mistered.certify.exact.geocert import certify_geocert, geocert, start_search
+from mistered.certify.exact.region_search import RegionSearch
+from mistered.certify.exact.mip import margin_net, mindist_mip
+from mistered.certify.solvers.projection import project_l2
+from mistered.certify.solvers.l2_cuts import FirstLayerDistance
 from mistered.errors import InvalidInputError
 from _nets import random_box_crossing_net
 
@@ -213,7 +213,7 @@ def test_l2_on_a_large_input_bounds_nodes_with_cuts_and_stays_exact():
 def test_native_stdout_is_silenced_inside_the_block_and_restored_after(capfd):
     import ctypes
 
-    from mistered.certify.relaxation_model import native_stdout_silenced
+    from mistered.certify.solvers.triangle import native_stdout_silenced
 
     libc = ctypes.CDLL(None)
     libc.printf(b"before\n")

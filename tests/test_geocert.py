@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from mistered.certify.branch_distance import branch_and_bound_distance
-from mistered.certify.geocert import geocert
-from mistered.certify.mindist_mip import mindist_mip
+from mistered.certify.exact.branch import branch_and_bound_distance
+from mistered.certify.exact.geocert import geocert
+from mistered.certify.exact.mip import mindist_mip
 from mistered.errors import UnsupportedLayerError
-from mistered.certify.plnet import PiecewiseLinearNet
+from mistered.certify.graph.piecewise import PiecewiseLinearNet
 from _nets import brute_force_distance_2d, random_box_crossing_net
 
 

@@ -6,11 +6,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistered.certify.geocert import certify_geocert, geocert
-from mistered.certify.interval import interval_bounds
-from mistered.certify.linear_bounds import linear_bounds
-from mistered.certify.mindist_mip import mindist_mip
-from mistered.certify.plnet import PiecewiseLinearNet
+from mistered.certify.exact.geocert import certify_geocert, geocert
+from mistered.certify.bounds.chain_interval import interval_bounds
+from mistered.certify.bounds.chain_linear import linear_bounds
+from mistered.certify.exact.mip import mindist_mip
+from mistered.certify.graph.piecewise import PiecewiseLinearNet
 from mistered.errors import InvalidInputError
 
 

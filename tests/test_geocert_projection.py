@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistered.certify.region_search import RegionSearch
-from mistered.certify.halfspace import pair_excludes_box
-from mistered.certify.projection import (LinfProjector, _dual_newton, _interior_point_multipliers,
+from mistered.certify.exact.region_search import RegionSearch
+from mistered.certify.exact.halfspace import pair_excludes_box
+from mistered.certify.solvers.projection import (LinfProjector, _dual_newton, _interior_point_multipliers,
                                           _least_distance_nnls, distance_lp, project_l2)
 from _nets import random_box_crossing_net
 

@@ -7,11 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistered.certify.boundary_search import boundary_search
-from mistered.certify.geocert import certify_geocert, geocert
-from mistered.certify.region_search import RegionSearch
-from mistered.certify.halfspace import halfspace_projection
-from mistered.certify.projection import polytope_distance
+from mistered.certify.exact.boundary_search import boundary_search
+from mistered.certify.exact.geocert import certify_geocert, geocert
+from mistered.certify.exact.region_search import RegionSearch
+from mistered.certify.exact.halfspace import halfspace_projection
+from mistered.certify.solvers.projection import polytope_distance
 from _nets import random_box_crossing_net
 
 _ORDER = {"l1": 1, "l2": 2, "linf": float("inf")}

@@ -5,12 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from mistered.certify.geocert import certify_geocert, geocert
-from mistered.certify.linf_dist_hybrid import LinfDistHybrid, certify_linf_dist_hybrid, hybrid_margin_lower_bound
-from mistered.certify.linf_dist_nets import LinfDistNet, certify_linf_dist
-from mistered.certify.lmt import LMTCertifier, certify_lmt
-from mistered.certify.local_lipschitz import estimate_lipschitz
-from mistered.certify.mindist_mip import mindist_mip
+from mistered.certify.exact.geocert import certify_geocert, geocert
+from mistered.models.linf_dist.hybrid import LinfDistHybrid
+from mistered.certify.lipschitz.linf_dist import certify_linf_dist_hybrid, hybrid_margin_lower_bound
+from mistered.models.linf_dist.nets import LinfDistNet
+from mistered.certify.lipschitz.linf_dist import certify_linf_dist
+from mistered.certify.lipschitz.lmt import LMTCertifier, certify_lmt
+from mistered.certify.lipschitz.local import estimate_lipschitz
+from mistered.certify.exact.mip import mindist_mip
 from mistered.errors import InvalidInputError, UnsupportedLayerError
 from mistered.models.normalized import Normalized
 

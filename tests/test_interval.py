@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mistered.certify.interval import interval_bounds, linf_box, stable_masks
-from mistered.certify.plnet import PiecewiseLinearNet
+from mistered.certify.bounds.chain_interval import interval_bounds, linf_box, stable_masks
+from mistered.certify.graph.piecewise import PiecewiseLinearNet
 
 
 def _net(seed: int) -> PiecewiseLinearNet:

@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mistered.certify import linf_dist_kernel
-from mistered.certify.linf_dist import LinfDistConv2d, LinfDistLinear, MeanShift, fast_p, linf_dist
-from mistered.certify.linf_dist_nets import LinfDistNet, certify_linf_dist, linf_dist_radius
+from mistered.models.linf_dist import kernel as linf_dist_kernel
+from mistered.models.linf_dist.layers import LinfDistConv2d, LinfDistLinear, MeanShift, fast_p, linf_dist
+from mistered.models.linf_dist.nets import LinfDistNet
+from mistered.certify.lipschitz.linf_dist import certify_linf_dist, linf_dist_radius
 from mistered.errors import InvalidInputError, UnsupportedLayerError
 from mistered.models import build_model
 from mistered.train.linf_dist import LinfDistObjective

@@ -6,8 +6,8 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from mistered.certify import linf_dist_nets
-from mistered.certify.linf_dist_nets import LinfDistNet
+from mistered.models.linf_dist import nets as linf_dist_nets
+from mistered.models.linf_dist.nets import LinfDistNet
 from mistered.cli import main
 from mistered.io import safe_torch_load
 

@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from mistered.certify.interval import interval_bounds
-from mistered.certify.linf_dist_hybrid import LinfDistHybrid, certify_linf_dist_hybrid, hybrid_margin_lower_bound
-from mistered.certify.linf_dist_nets import LinfDistNet, certify_linf_dist
-from mistered.certify.plnet import PiecewiseLinearNet
+from mistered.certify.bounds.chain_interval import interval_bounds
+from mistered.models.linf_dist.hybrid import LinfDistHybrid
+from mistered.certify.lipschitz.linf_dist import certify_linf_dist_hybrid, hybrid_margin_lower_bound
+from mistered.models.linf_dist.nets import LinfDistNet
+from mistered.certify.lipschitz.linf_dist import certify_linf_dist
+from mistered.certify.graph.piecewise import PiecewiseLinearNet
 from mistered.cli import main
 from mistered.errors import InvalidInputError, UnsupportedLayerError
 from mistered.models import build_model, save_model

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from test_linf_dist_hybrid import K, _data, _hybrid, _pgd_worst_margin
 
-from mistered.certify.linf_dist import LinfDistLinear
-from mistered.certify.linf_dist_hybrid import LinfDistHybrid, certify_linf_dist_hybrid, hybrid_margin_bounds
-from mistered.certify.linf_dist_nets import LinfDistNet
+from mistered.models.linf_dist.layers import LinfDistLinear
+from mistered.models.linf_dist.hybrid import LinfDistHybrid
+from mistered.certify.lipschitz.linf_dist import certify_linf_dist_hybrid, hybrid_margin_bounds
+from mistered.models.linf_dist.nets import LinfDistNet
 from mistered.cli import main
 from mistered.errors import InvalidInputError, UnsupportedLayerError
 from mistered.models import load_model

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from mistered.certify import linf_dist_kernel
-from mistered.certify.linf_dist import LinfDistConv2d, LinfDistLinear, linf_dist
-from mistered.certify.linf_dist_hybrid import LinfDistHybrid
-from mistered.certify.linf_dist_nets import LinfDistNet, linf_dist_layers, set_linf_dist_compiled
+from mistered.models.linf_dist import kernel as linf_dist_kernel
+from mistered.models.linf_dist.layers import LinfDistConv2d, LinfDistLinear, linf_dist
+from mistered.models.linf_dist.hybrid import LinfDistHybrid
+from mistered.models.linf_dist.nets import LinfDistNet, linf_dist_layers, set_linf_dist_compiled
 from mistered.memory import peak_rss_growth
 from mistered.models import load_model, save_model
 from mistered.train.linf_dist import LinfDistObjective

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 from torch import nn
 
-from mistered.certify.local_lipschitz import EstimatorOptions, estimate_lipschitz, resolve_objective
-from mistered.certify.interval import linf_box
-from mistered.certify.linear_bounds import linear_bounds
-from mistered.certify.plnet import PiecewiseLinearNet
+from mistered.certify.lipschitz.local import EstimatorOptions, estimate_lipschitz, resolve_objective
+from mistered.certify.bounds.chain_interval import linf_box
+from mistered.certify.bounds.chain_linear import linear_bounds
+from mistered.certify.graph.piecewise import PiecewiseLinearNet
 from mistered.errors import InvalidInputError
 
 

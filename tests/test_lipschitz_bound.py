@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mistered.certify.lipschitz import LipschitzBound, Residual, operator_norm
+from mistered.certify.lipschitz.global_bound import LipschitzBound, Residual, operator_norm
 from mistered.errors import UnsupportedLayerError
 from mistered.models.normalized import Normalized
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mistered.certify.local_lipschitz import METHODS, EstimatorOptions, estimate_lipschitz
+from mistered.certify.lipschitz.local import METHODS, EstimatorOptions, estimate_lipschitz
 from mistered.errors import InvalidInputError, UnsupportedLayerError
 from test_lipmip import random_net
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mistered.certify.lipschitz import LipschitzBound
-from mistered.certify.lmt import LMTCertifier, certify_lmt, lmt_radius, pairwise_radius
+from mistered.certify.lipschitz.global_bound import LipschitzBound
+from mistered.certify.lipschitz.lmt import LMTCertifier, certify_lmt, lmt_radius, pairwise_radius
 from mistered.errors import InvalidInputError, UnsupportedLayerError
 from mistered.train.lmt import LMTObjective
 

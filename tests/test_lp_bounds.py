@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-from mistered.certify.interval import interval_bounds, linf_box
-from mistered.certify.linear_bounds import linear_bounds
-from mistered.certify.local_lipschitz import EstimatorOptions, estimate_lipschitz, lipmip
-from mistered.certify.local_lipschitz.milp import MipModel, forward_relus
-from mistered.certify.local_lipschitz.tangent import _encode, tangent_bounds
-from mistered.certify.lp_bounds import lp_bounds
-from mistered.certify.plnet import PiecewiseLinearNet
+from mistered.certify.bounds.chain_interval import interval_bounds, linf_box
+from mistered.certify.bounds.chain_linear import linear_bounds
+from mistered.certify.lipschitz.local import EstimatorOptions, estimate_lipschitz, lipmip
+from mistered.certify.lipschitz.local.milp import MipModel, forward_relus
+from mistered.certify.lipschitz.local.tangent import _encode, tangent_bounds
+from mistered.certify.bounds.chain_lp import lp_bounds
+from mistered.certify.graph.piecewise import PiecewiseLinearNet
 from test_lipmip import brute_force_lipschitz, random_net
 
 SIZES = (6, 12, 10, 8, 3)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mistered.certify.plnet import PiecewiseLinearNet
+from mistered.certify.graph.piecewise import PiecewiseLinearNet
 from mistered.errors import UnsupportedLayerError
 
 

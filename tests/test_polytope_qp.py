@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mistered.certify.polytope_qp import PolytopeQP
-from mistered.certify.projection import project_l2
+from mistered.certify.solvers.polytope_qp import PolytopeQP
+from mistered.certify.solvers.projection import project_l2
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -71,11 +71,11 @@ def _certifier(run: Run, method: str, model, data, resolved: dict[str, Any]) -> 
         return lambda a, b, first: certify_bounds(graph, a, b, eps=resolved["eps"], norm=resolved["norm"],
                                                   method=method)
     if method == "lmt":
-        from ..certify.lmt import LMTCertifier
+        from ..certify.lipschitz.lmt import LMTCertifier
 
         lmt = LMTCertifier(model)
         return lambda a, b, first: lmt.certify(a, b)
-    from ..certify.linf_dist_nets import certify_linf_dist
+    from ..certify.lipschitz.linf_dist import certify_linf_dist
 
     return lambda a, b, first: certify_linf_dist(model, a, b)
 
@@ -142,8 +142,8 @@ def _plot(cert, eps_list: list[float], path: Path, title: str) -> Path:
 
 
 def _run_fast(run: Run, model, data, eps_list: list[float], resolved: dict[str, Any]) -> None:
-    from ..certify.linf_dist_kernel import compile_failure
-    from ..certify.linf_dist_nets import set_linf_dist_compiled
+    from ..models.linf_dist.kernel import compile_failure
+    from ..models.linf_dist.nets import set_linf_dist_compiled
     from ..evaluate.state import open_state
     from ..results import finite_or_none, make_record
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..certify.geocert import AUTO_SEARCH, certify_geocert
+from ..certify.exact.geocert import AUTO_SEARCH, certify_geocert
 from ..results import finite_or_none, make_record
 
 __all__ = ["run_geocert"]
@@ -23,7 +23,7 @@ def run_geocert(run: Any, model: torch.nn.Module, data: Any, resolved: dict[str,
     radii.png into ``run.out`` (a :class:`~mistered.cli.common.Run`); returns the record.
 
     ``--seed`` is recorded only (GeoCert is deterministic); ``--time-limit`` is per example, in seconds;
-    ``--search``: "regions", "branch" or "auto" (see :func:`~mistered.certify.geocert.certify_geocert`).
+    ``--search``: "regions", "branch" or "auto" (see :func:`~mistered.certify.exact.geocert.certify_geocert`).
     """
     from ..evaluate.state import open_state
 

@@ -57,7 +57,7 @@ def evaluate(**options: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..certify.linf_dist_nets import set_linf_dist_compiled
+    from ..models.linf_dist.nets import set_linf_dist_compiled
     from ..evaluate import EvaluateConfig, build_points, parse_eps
     from ..evaluate import evaluate as run_evaluation
     from ..evaluate.report import table_columns, table_rows

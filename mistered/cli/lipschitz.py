@@ -76,7 +76,7 @@ def _radius(eps: tuple[str, ...], radius: float | None) -> float:
 @run_options(batch_size=50)
 def lipschitz(**options: Any) -> None:
     """Compare local Lipschitz estimators (LipMIP is exact) on the same model and L-inf boxes."""
-    from ..certify.local_lipschitz import METHODS
+    from ..certify.lipschitz.local import METHODS
     from ..validation import check_nonnegative
 
     text = options["methods"]
@@ -132,7 +132,7 @@ def _estimate_all(run, model, data, names: list[str], radius: float, settings: d
     """Every estimator on every batch (resumable): ``{method: {"value" (N,), "kind", "seconds", "status"}}``."""
     import torch
 
-    from ..certify.local_lipschitz import EstimatorOptions, estimate_lipschitz
+    from ..certify.lipschitz.local import EstimatorOptions, estimate_lipschitz
     from ..evaluate.state import open_state
     from ..sharding import shard_batches
 

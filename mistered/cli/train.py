@@ -79,7 +79,7 @@ _DEFAULT_ARCH = {"linf-dist": "linf-dist-net", "linf-dist-hybrid": "linf-dist-hy
 @run_options(batch_size=64)
 def train(**options: Any) -> None:
     """Train a model and write model.pt, checkpoints/, log.json, curves.png, results.json and config.yaml."""
-    from ..certify.linf_dist_nets import set_linf_dist_compiled
+    from ..models.linf_dist.nets import set_linf_dist_compiled
     from ..threats import Union, parse_threat
     from ..train import TrainConfig, build_objective, default_method, fit
 

@@ -4,7 +4,7 @@ A :class:`CertifierSpec` names a certifier, the norms it certifies, a check that
 cannot handle a model (``None`` when it can) and a factory for the function that certifies a batch.
 The built-in ones (:data:`CERTIFIERS`):
 
-* ``lmt`` — L2, any model :class:`~mistered.certify.lipschitz.LipschitzBound` supports (sound on every
+* ``lmt`` — L2, any model :class:`~mistered.certify.lipschitz.global_bound.LipschitzBound` supports (sound on every
   such model, tight only on LMT-trained ones);
 * ``linf-dist`` — L∞, L∞-dist nets only;
 * ``geocert`` — L2 and L∞, exact, on piecewise-linear (ReLU) nets with at most
@@ -67,7 +67,7 @@ class CertifierPlan:
 
 
 def _lmt_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-    from ..certify.lipschitz import LipschitzBound
+    from ..certify.lipschitz.global_bound import LipschitzBound
 
     try:
         LipschitzBound(model, input_shape)
@@ -77,19 +77,19 @@ def _lmt_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 
 
 def _lmt_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
-    from ..certify.lmt import LMTCertifier
+    from ..certify.lipschitz.lmt import LMTCertifier
 
     return LMTCertifier(model).certify
 
 
 def _linf_dist_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-    from ..certify.linf_dist_nets import LinfDistNet
+    from ..models.linf_dist.nets import LinfDistNet
 
     return None if isinstance(model, LinfDistNet) else f"needs an L∞-dist net, got {describe_model(model)}"
 
 
 def _linf_dist_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
-    from ..certify.linf_dist_nets import certify_linf_dist
+    from ..certify.lipschitz.linf_dist import certify_linf_dist
 
     return lambda x, y: certify_linf_dist(model, x, y)
 
@@ -108,7 +108,7 @@ def _count_relus(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def _geocert_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-    from ..certify.plnet import PiecewiseLinearNet, check_piecewise_model
+    from ..certify.graph.piecewise import PiecewiseLinearNet, check_piecewise_model
 
     try:
         relus = _count_relus(check_piecewise_model(model), input_shape)
@@ -122,8 +122,8 @@ def _geocert_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None
 
 
 def _geocert_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
-    from ..certify.geocert import certify_geocert
-    from ..certify.plnet import PiecewiseLinearNet
+    from ..certify.exact.geocert import certify_geocert
+    from ..certify.graph.piecewise import PiecewiseLinearNet
 
     nets: dict[tuple[int, ...], PiecewiseLinearNet] = {}
 

@@ -19,8 +19,8 @@ ARCHITECTURES: dict[str, str] = {
     "mnist-cnn": "mistered.models.architectures:mnist_cnn",
     "mnist-fc": "mistered.models.architectures:mnist_fc",
     "cifar-resnet": "mistered.models.resnet:cifar_resnet",
-    "linf-dist-net": "mistered.certify.linf_dist_nets:linf_dist_net",
-    "linf-dist-hybrid": "mistered.certify.linf_dist_hybrid:linf_dist_hybrid",
+    "linf-dist-net": "mistered.models.linf_dist.nets:linf_dist_net",
+    "linf-dist-hybrid": "mistered.models.linf_dist.hybrid:linf_dist_hybrid",
 }
 
 

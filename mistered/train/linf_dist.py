@@ -3,14 +3,14 @@
 Both relax the norm ``p`` of every L∞-dist layer with one :class:`PSchedule`: exponentially from ``p_start``
 to ``p_end`` over the ``p_phase`` fraction of training, then ``inf``, driven by ``progress``.
 
-:class:`LinfDistObjective` (a :class:`~mistered.certify.linf_dist_nets.LinfDistNet`): with ``raw`` the
+:class:`LinfDistObjective` (a :class:`~mistered.models.linf_dist.nets.LinfDistNet`): with ``raw`` the
 network's 1-Lipschitz (L∞) outputs and ``eps`` the training radius, the hinge term is
 ``mean_b max_{j != y} clip(1 - (raw_y - raw_j) / (2 eps), 0, clip)``: zero exactly when the example is
 certified at ``eps``. It is mixed with ``lam * cross_entropy(logits)``, ``lam`` decaying exponentially
 from ``lam_start`` to ``lam_end``. Defaults are v2's MNIST recipe (eps_train 0.3 for a test eps of 0.1;
 epochs 25..400 of 450 for p).
 
-:class:`LinfDistHybridObjective` (a :class:`~mistered.certify.linf_dist_hybrid.LinfDistHybrid`):
+:class:`LinfDistHybridObjective` (a :class:`~mistered.models.linf_dist.hybrid.LinfDistHybrid`):
 ``kappa * CE(logits) + (1 - kappa) * CE(-m)`` with ``m`` the ``(B, K)`` interval lower bounds of the margins
 ``logit_y - logit_j`` over the feature box ``features -/+ eps`` (the worst-case logits of IBP training).
 """
@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..certify.linf_dist import fast_p
-from ..certify.linf_dist_hybrid import LinfDistHybrid, hybrid_margin_bounds
-from ..certify.linf_dist_nets import LinfDistNet, set_p
+from ..models.linf_dist.layers import fast_p
+from ..models.linf_dist.hybrid import LinfDistHybrid
+from ..certify.lipschitz.linf_dist import hybrid_margin_bounds
+from ..models.linf_dist.nets import LinfDistNet, set_p
 from ..errors import InvalidInputError, UnsupportedLayerError
 from ..validation import check_nonnegative
 from .distributed import unwrap_model
@@ -58,7 +59,7 @@ def _train_eps(eps: float) -> float:
 def _relaxed_net(model: nn.Module, kind: type, schedule: "PSchedule", progress: float, refusal: str) -> nn.Module:
     """The network inside ``model`` (DDP unwrapped), refused with ``refusal`` (``{name}``: its class) unless a
     ``kind``, with every L∞-dist layer's ``p`` set to the schedule's at ``progress``, rounded to the integer the
-    layer computes with multiplies only (:func:`~mistered.certify.linf_dist.fast_p`)."""
+    layer computes with multiplies only (:func:`~mistered.models.linf_dist.layers.fast_p`)."""
     net = unwrap_model(model)
     if not isinstance(net, kind):
         raise UnsupportedLayerError(refusal.format(name=type(net).__name__))
@@ -95,7 +96,7 @@ class PSchedule:
 
 
 class LinfDistObjective:
-    """``objective(model, x, y, progress) -> (loss, logits)`` for a :class:`~mistered.certify.linf_dist_nets.LinfDistNet`.
+    """``objective(model, x, y, progress) -> (loss, logits)`` for a :class:`~mistered.models.linf_dist.nets.LinfDistNet`.
 
     Args:
         eps: training L∞ radius of the hinge (v2 trains at 3x the test radius on MNIST 0.1, 1.5x at 0.3).
@@ -144,11 +145,11 @@ class LinfDistObjective:
 
 
 class LinfDistHybridObjective:
-    """``objective(model, x, y, progress) -> (loss, logits)`` for a :class:`~mistered.certify.linf_dist_hybrid.LinfDistHybrid`.
+    """``objective(model, x, y, progress) -> (loss, logits)`` for a :class:`~mistered.models.linf_dist.hybrid.LinfDistHybrid`.
 
     The loss is ``kappa * CE(logits, y) + (1 - kappa) * CE(-m, y)``, ``m`` the ``(B, K)`` interval lower bounds
     of ``logit_y - logit_j`` over the feature box ``features -/+ eps_at(progress)``
-    (:func:`~mistered.certify.linf_dist_hybrid.hybrid_margin_bounds`; the worst-case logits of IBP training,
+    (:func:`~mistered.certify.lipschitz.linf_dist.hybrid_margin_bounds`; the worst-case logits of IBP training,
     Gowal et al. 2018). The radius rises linearly from 0 to ``eps`` over ``eps_phase``. At ``p = inf`` the
     box contains every feature vector of the input ball of radius ``eps`` (each feature is 1-Lipschitz in
     L∞), so the worst-case term is the certificate's own bound; during the p-relaxation (``||·||_p`` is

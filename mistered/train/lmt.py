@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..certify.lipschitz import LipschitzBound
-from ..certify.lmt import pairwise_row_norms
+from ..certify.lipschitz.global_bound import LipschitzBound
+from ..certify.lipschitz.lmt import pairwise_row_norms
 from ..validation import check_nonnegative
 from ..errors import InvalidInputError
 

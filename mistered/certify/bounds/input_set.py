@@ -3,7 +3,7 @@
 For ``norm = "linf"`` the set is the box ``[max(x - eps, 0), min(x + eps, 1)]`` itself. For ``"l2"`` and ``"l1"``
 it is that box (which contains the ball's intersection with ``[0, 1]``) intersected with the ball; a linear form is
 minimised over box and ball together by the closed-form dual of
-:func:`mistered.certify.linear_bounds.ball_box_support`. Interval propagation starts from the box.
+:func:`mistered.certify.bounds.chain_linear.ball_box_support`. Interval propagation starts from the box.
 
 Example:
     >>> s = InputSet.ball(x, 0.1, "l2")        # x (B, C, H, W) in [0, 1]
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import InvalidInputError
-from ..linear_bounds import ball_box_support
+from .chain_linear import ball_box_support
 from .forms import Form
 
 __all__ = ["InputSet", "NORMS"]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..graph import ops
 from ..graph.graph import BoundGraph, Node
-from ..linf_dist import DEFAULT_CHUNK_ELEMENTS, linf_dist
+from ...models.linf_dist.layers import DEFAULT_CHUNK_ELEMENTS, linf_dist
 from .input_set import InputSet
 
 __all__ = ["Box", "Bounds", "interval", "interval_bounds"]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..linf_dist import LinfDistConv2d, LinfDistLinear, MeanShift
+from ...models.linf_dist.layers import LinfDistConv2d, LinfDistLinear, MeanShift
 from . import lowering as low
 from .builder import Builder, Ref, Site, unsupported
 from .ops import Affine, ConvTranspose2d, LinfDist, Permute, Reshape, Unfold

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..linf_dist import linf_dist
+from ...models.linf_dist.layers import linf_dist
 
 __all__ = [
     "Op", "Input", "Linear", "Conv2d", "ConvTranspose2d", "Affine", "Sum", "Cat", "Reshape", "Permute", "Unfold",

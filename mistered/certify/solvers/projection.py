@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog, nnls
 
-from ..errors import MisteredError
+from ...errors import MisteredError
 
 try:  # HiGHS as bundled by scipy (private module; see the module docstring)
     from scipy.optimize._highspy import _core as _highs

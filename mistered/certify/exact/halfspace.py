@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
+from ...errors import InvalidInputError
 
 __all__ = ["halfspace_projection", "pair_excludes_box"]
 

@@ -7,7 +7,7 @@ value is ``min φ(y)`` over the node's polytope in the hidden units, where
 ``φ(y) = min {|δ|² : W₁ δ + c = y, δ in the box}`` (:class:`FirstLayerDistance`) is convex and every dual vector
 gives a cut on it valid for every node. :class:`L2CutRelaxation` bounds a node by an LP over the hidden units with
 a shared pool of such cuts (every LP's dual bound is a valid bound) and tightens it by Newton steps on ``φ`` (small QPs
-over the hidden units, :class:`~mistered.certify.polytope_qp.PolytopeQP`): at the relaxation's optimum ``y*`` the
+over the hidden units, :class:`~mistered.certify.solvers.polytope_qp.PolytopeQP`): at the relaxation's optimum ``y*`` the
 tangent cut alone makes the LP exact. ~12 ms per node on the MNIST nets of ``benchmarks/geocert_speed.py``.
 
 Example:
@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .polytope_qp import PolytopeQP
-from .relaxation_model import RelaxationSolution, TriangleRelaxation, _highs
+from .triangle import RelaxationSolution, TriangleRelaxation, _highs
 
 __all__ = ["L2CutRelaxation", "FirstLayerDistance"]
 
@@ -42,7 +42,7 @@ _NEGLIGIBLE = 1e-13  # cut entries below this (relative to the largest) are drop
 
 
 class L2CutRelaxation(TriangleRelaxation):
-    """The L2 relaxation of :class:`~mistered.certify.relaxation_model.TriangleRelaxation` without ``δ``: columns
+    """The L2 relaxation of :class:`~mistered.certify.solvers.triangle.TriangleRelaxation` without ``δ``: columns
     ``s`` (a lower bound on ``|δ|²``, through cuts) and the hidden units; same arguments, less ``norm``. Needs at
     least one hidden layer."""
 

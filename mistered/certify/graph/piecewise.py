@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError, UnsupportedLayerError
-from ..validation import check_layered_model
+from ...errors import InvalidInputError, UnsupportedLayerError
+from ...validation import check_layered_model
 
 __all__ = ["PiecewiseLinearNet", "SUPPORTED_LAYERS", "as_plnet", "check_piecewise_model"]
 

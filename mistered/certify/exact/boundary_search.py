@@ -1,7 +1,7 @@
 """A cheap batched upper bound on the minimal adversarial distance of a ReLU network (no attack library needed).
 
 Inside one linear region the network is affine, so the nearest point of each decision half-space
-``{f_j >= f_c}`` to ``x0`` (within the input box) has a closed form (:mod:`mistered.certify.halfspace`). The
+``{f_j >= f_c}`` to ``x0`` (within the input box) has a closed form (:mod:`mistered.certify.exact.halfspace`). The
 search starts at ``x0``, takes the local affine form of the logits at the current point, jumps to the nearest
 such point (past the boundary, further at each hop), and repeats from there; every candidate that the network
 really misclassifies is a valid upper bound, and the best is finally shrunk toward ``x0`` by bisection along the
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .halfspace import halfspace_projection
-from .plnet import PiecewiseLinearNet
+from ..graph.piecewise import PiecewiseLinearNet
 
 __all__ = ["boundary_search", "local_logit_forms"]
 

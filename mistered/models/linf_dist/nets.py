@@ -1,4 +1,5 @@
-"""L∞-dist nets (Zhang et al. 2021/2022) and their certificate: radius ``margin / 2`` in L∞.
+"""L∞-dist nets (Zhang et al. 2021/2022); their certificate (radius ``margin / 2`` in L∞) is
+:func:`mistered.certify.lipschitz.linf_dist.certify_linf_dist`.
 
 :class:`LinfDistNet` is the v2 architecture: an MLP of L∞-dist layers (mean shift on the hidden ones,
 identity initialisation), whose outputs are negated distances ``raw = -y`` (each 1-Lipschitz in L∞ at
@@ -9,20 +10,14 @@ runner-up by ``m``, no L∞ perturbation smaller than ``m / 2`` changes the pred
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError, UnsupportedLayerError
-from ..validation import check_batch, check_logits, describe_model, model_device, model_dtype
-from .certificate import Certificate
-from .linf_dist import LinfDistLinear, certification_mode, linf_dist_layers, set_p
+from ...errors import InvalidInputError
+from .layers import LinfDistLinear, linf_dist_layers, set_p
 
-__all__ = [
-    "LinfDistNet", "linf_dist_net", "linf_dist_layers", "certify_linf_dist", "linf_dist_radius", "set_p",
-    "set_linf_dist_compiled",
-]
+__all__ = ["LinfDistNet", "linf_dist_net", "linf_dist_layers", "set_p", "set_linf_dist_compiled"]
 
 
 class LinfDistNet(nn.Module):
@@ -97,7 +92,7 @@ def set_linf_dist_compiled(model: nn.Module, enabled: bool) -> int:
     A runtime choice: the flag is a plain attribute, not in the state dict, so checkpoints never carry it
     (a loaded model starts eager). Both kernels give the same values and gradients; the compiled one is ~2.5x
     faster on CPU, compiles once per layer input width (~2-4 s; batch sizes never recompile) and falls back to the
-    eager kernel with one logged warning when no compiler works (:mod:`~mistered.certify.linf_dist_kernel`). Other models are left alone.
+    eager kernel with one logged warning when no compiler works (:mod:`~mistered.models.linf_dist.kernel`). Other models are left alone.
 
     Returns:
         The number of L∞-dist layers switched (0 for a model without any).
@@ -106,42 +101,3 @@ def set_linf_dist_compiled(model: nn.Module, enabled: bool) -> int:
     for layer in layers:
         layer.compiled = bool(enabled)
     return len(layers)
-
-
-def linf_dist_radius(raw: torch.Tensor) -> torch.Tensor:
-    """Certified L∞ radius ``(top - runner_up) / 2`` from 1-Lipschitz outputs ``(B, K)``; returns ``(B,)``."""
-    top2 = raw.topk(2, dim=1).values
-    return (top2[:, 0] - top2[:, 1]) / 2
-
-
-@torch.no_grad()
-def certify_linf_dist(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Certificate:
-    """Certify an L∞-dist net on ``x`` ``(B, C, H, W)`` in ``[0, 1]`` with labels ``y`` ``(B,)`` in ``[0, K)``: radius
-    ``margin / 2``. The batch is validated by :func:`~mistered.validation.check_batch` (cast to the model's dtype).
-
-    The model is evaluated in eval mode with ``p = inf`` (its state is restored after). Misclassified
-    examples get radius 0.
-
-    A :class:`~mistered.certify.linf_dist_hybrid.LinfDistHybrid` is certified by
-    :func:`~mistered.certify.linf_dist_hybrid.certify_linf_dist_hybrid` (bisection with interval bounds).
-
-    Raises:
-        UnsupportedLayerError: ``model`` is not a :class:`LinfDistNet` (other networks are not 1-Lipschitz in L∞).
-    """
-    from .linf_dist_hybrid import LinfDistHybrid, certify_linf_dist_hybrid
-
-    if isinstance(model, LinfDistHybrid):
-        return certify_linf_dist_hybrid(model, x, y)
-    if not isinstance(model, LinfDistNet):
-        raise UnsupportedLayerError(
-            f"L∞-dist certification needs an L∞-dist net (architecture 'linf-dist-net'), got {describe_model(model)}: "
-            "only networks built from L∞-dist neurons are 1-Lipschitz in L∞; use --method lmt for other models"
-        )
-    x, y = check_batch(x, y, dtype=model_dtype(model), device=model_device(model))
-    with certification_mode(model):
-        start = time.perf_counter()
-        raw = model.raw(x)
-        check_logits(raw, y)
-        radius = linf_dist_radius(raw)
-        seconds = time.perf_counter() - start
-    return Certificate.from_radii("linf-dist", "linf", radius, raw.argmax(dim=1), y, seconds)

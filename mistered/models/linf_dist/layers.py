@@ -1,11 +1,11 @@
 """L∞-dist neurons (Zhang et al. 2021, 2022): ``y_j = ||x - w_j||_p`` (``p = inf`` at test time).
 
 Every such neuron is 1-Lipschitz in L∞, so is a network of them (mean shift subtracts a constant at
-test time), which is what :mod:`mistered.certify.linf_dist_nets` certifies. Training relaxes
+test time), which is what :mod:`mistered.models.linf_dist.nets` certifies. Training relaxes
 ``p`` from 8 upwards (the p-norm is smooth, the max is not), driven by the objective's schedule.
 
 No ``(B, out, in)`` tensor is ever formed: memory is ``O(B * out)`` in the forward and the backward
-pass. ``p = inf`` runs the max-distance kernel of :mod:`mistered.certify.linf_dist_kernel` (eager chunked
+pass. ``p = inf`` runs the max-distance kernel of :mod:`mistered.models.linf_dist.kernel` (eager chunked
 reduction, or a ``torch.compile``-d fused one with ``compiled=True``: ~2.5x faster on CPU; bit-identical values
 to ``torch.cdist``, an ``O(B * out)`` scatter as backward). For finite ``p`` a custom autograd
 function works in chunks over the output neurons (at most ``chunk_elements`` values at a time,
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError
-from .linf_dist_kernel import max_dist
+from ...errors import InvalidInputError
+from .kernel import max_dist
 
 __all__ = [
     "linf_dist", "fast_p", "LinfDistLinear", "LinfDistConv2d", "MeanShift", "DEFAULT_CHUNK_ELEMENTS", "linf_dist_layers",
@@ -148,7 +148,7 @@ def linf_dist(
         chunk_elements: at most this many values are held in one chunk.
         compiled: ``p = inf`` in float32 only: use the ``torch.compile``-d fused kernel (~2.5x faster on CPU; needs a
             C++ compiler; compiles for ~2-4 s once per input width, batch sizes never recompile). Falls back to the
-            eager kernel, with a warning once, when compiling fails (see :mod:`~mistered.certify.linf_dist_kernel`).
+            eager kernel, with a warning once, when compiling fails (see :mod:`~mistered.models.linf_dist.kernel`).
 
     For ``p = inf`` the values equal ``torch.cdist(x, weight, p=inf)`` bit for bit; the gradient goes to the first
     arg-max coordinate (``torch.cdist`` gives the full gradient to every tied coordinate, ``amax`` splits it: they
@@ -204,7 +204,7 @@ class LinfDistLinear(nn.Module):
 
     The attribute ``p`` (default ``inf``) is the norm used; training schedules set it. The attribute ``compiled``
     (default ``False``; a runtime choice, not part of the state dict) selects the compiled ``p = inf`` kernel (see
-    :func:`linf_dist`); :func:`~mistered.certify.linf_dist_nets.set_linf_dist_compiled` switches a whole model and
+    :func:`linf_dist`); :func:`~mistered.models.linf_dist.nets.set_linf_dist_compiled` switches a whole model and
     the CLI commands turn it on unless given ``--no-compile``.
     """
 

@@ -5,7 +5,7 @@ For L∞ and L1 only: ``min |x - x0|`` subject to the ReLU network encoded with 
 from numpy arrays (one sparse matrix) over the search box, the domain intersected with the L∞ ball of radius =
 the best distance so far (for L1 that ball encloses the L1 ball), with the distance capped there:
 
-* big-M constants come from CROWN bounds over that box (:mod:`mistered.certify.linear_bounds`; in L1 over its
+* big-M constants come from CROWN bounds over that box (:mod:`mistered.certify.bounds.chain_linear`; in L1 over its
   intersection with the L1 ball, where the row ``Σ|δ| <= radius`` keeps the MILP), much tighter
   than interval bounds from the second layer on; a target whose margin ``f_j - f_c`` the same bounds prove
   negative on the whole box is skipped without a MILP;
@@ -31,14 +31,14 @@ import torch
 from ortools.linear_solver.python import model_builder as mb
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from ..errors import InvalidInputError, MisteredError
-from ..validation import check_inputs
+from ...errors import InvalidInputError, MisteredError
+from ...validation import check_inputs
 from .boundary_search import local_logit_forms
 from .halfspace import halfspace_projection
-from .linear_bounds import NormBall, linear_bounds
-from .local_lipschitz.milp import SCIP_PARAMETERS
-from .plnet import PiecewiseLinearNet, as_plnet
-from .projection import _norm
+from ..bounds.chain_linear import NormBall, linear_bounds
+from ..lipschitz.local.milp import SCIP_PARAMETERS
+from ..graph.piecewise import PiecewiseLinearNet, as_plnet
+from ..solvers.projection import _norm
 
 __all__ = ["MipDistanceResult", "mindist_mip", "margin_net", "MIP_SOLVERS"]
 

@@ -1,7 +1,7 @@
 """LipMIP (Jordan & Dimakis 2020): the exact local Lipschitz constant of a ReLU network as a MIP on OR-Tools.
 
 For one example, with box ``B = [lower, upper]`` and output weightings ``C`` (see
-:mod:`~mistered.certify.local_lipschitz.directions`), the MIP computes
+:mod:`~mistered.certify.lipschitz.local.directions`), the MIP computes
 
     L = max_{x in B, c in C} || W_1^T D_1(x) ... D_{L-1}(x) W_L^T c ||_*
 
@@ -9,9 +9,9 @@ where ``D_k(x)`` ranges over the generalised ReLU derivatives: a neuron with pre
 take either 0 or 1 (the Clarke-style relaxation LipMIP uses; it changes nothing for nets in general position).
 
 * Pre-activation bounds: IBP (``bounds="interval"``), CROWN (``"crown"``,
-  :func:`~mistered.certify.linear_bounds.linear_bounds`, intersected with the interval bounds) or CROWN tightened
-  by LP (``"lp"``: :func:`~mistered.certify.lp_bounds.lp_bounds` for the neurons and, in forward mode,
-  :func:`~mistered.certify.local_lipschitz.tangent.tangent_bounds` for the big-M of the tangent gates). All are
+  :func:`~mistered.certify.bounds.chain_linear.linear_bounds`, intersected with the interval bounds) or CROWN tightened
+  by LP (``"lp"``: :func:`~mistered.certify.bounds.chain_lp.lp_bounds` for the neurons and, in forward mode,
+  :func:`~mistered.certify.lipschitz.local.tangent.tangent_bounds` for the big-M of the tangent gates). All are
   valid, so the optimum is the same; tighter ones fix more neurons as stable and shrink the big-M constants.
   CROWN cuts layer-2 widths by 40% vs IBP (MNIST 196-20-20-2, r=0.2); LP tightening costs ~0.2 s (neurons) and
   1-3 s (tangents) on 784-20-20-2 and shrinks layer-2 neuron widths by 5-15% and tangent widths by ~35%.
@@ -20,7 +20,7 @@ take either 0 or 1 (the Clarke-style relaxation LipMIP uses; it changes nothing 
 * Forward pass: big-M ReLU ``z = relu(z_hat)`` with one binary ``delta`` per unstable neuron; neurons that
   the bounds prove stable get no binary (``z = z_hat`` or ``z = 0``).
 * Backward pass: ``a = delta * g`` with the SAME binary, linearised exactly with big-M from interval bounds of
-  ``g`` (:func:`~mistered.certify.local_lipschitz.jacobian.backward_bounds`): ``gl' delta <= a <= gu' delta``,
+  ``g`` (:func:`~mistered.certify.lipschitz.local.jacobian.backward_bounds`): ``gl' delta <= a <= gu' delta``,
   ``g - gu'(1 - delta) <= a <= g - gl'(1 - delta)``. Backward quantities are kept as exact linear expressions
   (a coefficient matrix over the backward variables), so stable-active neurons cost nothing.
 * Dual norm, exactly: primal L∞ -> ``||g||_1 = sum_i t_i`` with ``t_i <= |g_i|`` via one sign binary per
@@ -31,7 +31,7 @@ take either 0 or 1 (the Clarke-style relaxation LipMIP uses; it changes nothing 
   ``||J^T c||_* = max_{||v|| <= 1} c^T J v``, the MIP maximises the LINEAR ``c^T t_L`` over ``v`` in the primal
   unit ball and a tangent ``t_{k+1} = W_{k+1} D_k t_k`` gated by the same binaries. It is exact too and needs no
   dual-norm binaries, which on 784-pixel inputs is the difference between seconds and minutes
-  (:mod:`~mistered.certify.local_lipschitz.tangent`).
+  (:mod:`~mistered.certify.lipschitz.local.tangent`).
 
 Primal L2 is not supported: ``max ||g||_2`` is a non-convex quadratic maximisation that the free solvers behind
 OR-Tools (SCIP, CBC, HiGHS) cannot encode exactly.
@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import InvalidInputError, UnsoundResultError
-from ..interval import interval_bounds
-from ..linear_bounds import linear_bounds
-from ..lp_bounds import lp_bounds
-from ..plnet import PiecewiseLinearNet
+from ....errors import InvalidInputError, UnsoundResultError
+from ...bounds.chain_interval import interval_bounds
+from ...bounds.chain_linear import linear_bounds
+from ...bounds.chain_lp import lp_bounds
+from ...graph.piecewise import PiecewiseLinearNet
 from .directions import DUAL_NORMS, OutputDirections
 from .jacobian import backward_bounds, fastlip_bound
 from .milp import MipModel, forward_relus, gate

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..interval import stable_masks
-from ..plnet import PiecewiseLinearNet
+from ...bounds.chain_interval import stable_masks
+from ...graph.piecewise import PiecewiseLinearNet
 from .directions import OutputDirections, dual_norm
 
 __all__ = ["jacobians", "backward_bounds", "fastlip_bound"]
@@ -34,7 +34,7 @@ def backward_bounds(
 
     Args:
         net: the network.
-        bounds: :func:`~mistered.certify.interval.interval_bounds` of the input box, ``[(l_k, u_k)]`` ``(B, n_k)``.
+        bounds: :func:`~mistered.certify.bounds.chain_interval.interval_bounds` of the input box, ``[(l_k, u_k)]`` ``(B, n_k)``.
         c_lower, c_upper: ``(B, m)`` bounds on the output weighting ``c``.
 
     Returns:

@@ -9,14 +9,14 @@ closer than the best adversarial point, that point is at the exact minimal dista
 
 Pruning, cheapest first (every rule is a valid lower bound, so the answer stays exact):
 * every half-space of a region is bounded in closed form, exactly as a single half-space inside the search box
-  (:mod:`mistered.certify.halfspace`, one batched sort); a region's bound is the largest of its rows'. A
+  (:mod:`mistered.certify.exact.halfspace`, one batched sort); a region's bound is the largest of its rows'. A
   neighbour (one unstable ReLU flipped) is queued with the bound of the rows it shares with the region plus the
   flipped row, all neighbours at once; its full bound is taken when it reaches the front of the queue, and the
   exact projection is solved only if it still is in front; entries at or beyond the upper bound are dropped.
   A ReLU's row depends only on the pattern of the earlier layers, so its bound is memoised per search box
   (neighbouring regions share most rows: 2.8x faster in L2 on ``mnist-fc``);
 * before a queued neighbour's projection, its flipped row is paired with each other row: if a non-negative
-  combination of the two misses the search box (:func:`~mistered.certify.halfspace.pair_excludes_box`), the
+  combination of the two misses the search box (:func:`~mistered.certify.exact.halfspace.pair_excludes_box`), the
   region is empty there and dropped without a solve (in L∞ most neighbours are empty: a flipped row is often
   redundant);
 * the adversarial half-spaces of a region get the same closed-form bound before any solve;
@@ -27,9 +27,9 @@ Pruning, cheapest first (every rule is a valid lower bound, so the answer stays 
   ball encloses the norm ball of the same radius, so it never cuts off the optimum — unlike shrinking it to the L∞
   size of one projection, the original implementation's L2 bug);
 * an upper bound (an attack's ``x_adv`` or a number) seeds the search; :func:`certify_geocert` seeds it with
-  :func:`~mistered.certify.boundary_search.boundary_search` and gives misclassified inputs radius 0 at once.
+  :func:`~mistered.certify.exact.boundary_search.boundary_search` and gives misclassified inputs radius 0 at once.
 
-Projections are exact (see :mod:`mistered.certify.projection`; in L∞ one warm-started LP per search). Everything
+Projections are exact (see :mod:`mistered.certify.solvers.projection`; in L∞ one warm-started LP per search). Everything
 is float64.
 """
 
@@ -42,13 +42,13 @@ import time
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from ..validation import check_batch, check_inputs, check_logits, check_nonnegative
+from ...errors import InvalidInputError
+from ...validation import check_batch, check_inputs, check_logits, check_nonnegative
 from .boundary_search import boundary_search
-from .branch_distance import branch_and_bound_distance
-from .certificate import Certificate
+from .branch import branch_and_bound_distance
+from ..certificate import Certificate
 from .halfspace import pair_excludes_box
-from .plnet import PiecewiseLinearNet, as_plnet
+from ..graph.piecewise import PiecewiseLinearNet, as_plnet
 from .region_search import NORMS, GeoCertResult, RegionSearch, start_search
 
 __all__ = ["GeoCertResult", "geocert", "certify_geocert", "start_search", "NORMS", "SEARCHES", "AUTO_SEARCH"]
@@ -210,11 +210,11 @@ def certify_geocert(
     Misclassified examples get radius 0 and status ``misclassified`` without a search; the others ``exact``
     (radius = upper) or ``timeout`` (radius = the anytime lower bound). Each search is seeded with the nearer of
     ``x_adv`` ``(B, *input_shape)`` (e.g. an attack's output) and, if ``seed_search``, the points found by
-    :func:`~mistered.certify.boundary_search.boundary_search` (all examples at once). ``details`` holds
+    :func:`~mistered.certify.exact.boundary_search.boundary_search` (all examples at once). ``details`` holds
     per-example regions, solves, seconds and the seed distance.
 
     ``search``: ``"regions"`` (:func:`geocert`, through the linear regions), ``"branch"`` (the same exact
-    distance by branch and bound over ReLU splits, :func:`~mistered.certify.branch_distance.
+    distance by branch and bound over ReLU splits, :func:`~mistered.certify.exact.branch.
     branch_and_bound_distance`; far fewer solves on MNIST-sized nets; ``n_regions`` then counts its nodes) or
     ``"auto"`` (:data:`AUTO_SEARCH`: today branch and bound in every norm, the faster on MNIST-sized nets; see
     ``benchmarks/RESULTS.md``).

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import InvalidInputError
+from ....errors import InvalidInputError
 
 __all__ = ["NORMS", "DUAL_NORMS", "OutputDirections", "resolve_objective", "dual_norm", "max_dual_norm"]
 

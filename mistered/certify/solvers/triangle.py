@@ -13,7 +13,7 @@ Variables, in the displacement ``δ = x - x0`` (input units, ``(d,)``):
 * one margin row ``f_j - f_c >= 0`` per class ``j != c``, all but the current target's switched off (free bounds).
 
 With ``l2_cuts`` (L2 only) ``δ`` is left out: a column ``s`` and the hidden units only, the layout of
-:class:`~mistered.certify.l2_cut_relaxation.L2CutRelaxation`, which bounds ``|δ|²`` through cuts (~25x cheaper per
+:class:`~mistered.certify.solvers.l2_cuts.L2CutRelaxation`, which bounds ``|δ|²`` through cuts (~25x cheaper per
 node than the QP in ``δ`` on 784-pixel nets).
 
 A node of the branch and bound is a vector of ReLU splits (``+1`` active, ``-1`` inactive, ``0`` free) and a target:
@@ -40,9 +40,9 @@ from typing import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import MisteredError
+from ...errors import MisteredError
 
-try:  # HiGHS as bundled by scipy (see mistered.certify.projection)
+try:  # HiGHS as bundled by scipy (see mistered.certify.solvers.projection)
     from scipy.optimize._highspy import _core as _highs
 except ImportError:  # pragma: no cover - depends on the scipy build
     _highs = None
@@ -75,7 +75,7 @@ class TriangleRelaxation:
         lower, upper: ``(N,)`` bounds on every hidden pre-activation over that box (all hidden layers in order).
         c: the class to keep.
         l2_cuts: for L2, the layout without ``δ``: a column ``s`` and the hidden units (for
-            :class:`~mistered.certify.l2_cut_relaxation.L2CutRelaxation`, its only user).
+            :class:`~mistered.certify.solvers.l2_cuts.L2CutRelaxation`, its only user).
     """
 
     def __init__(self, ws: list[np.ndarray], bs: list[np.ndarray], x0: np.ndarray, norm: str, lo: np.ndarray,

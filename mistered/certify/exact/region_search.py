@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from ..validation import check_inputs
+from ...errors import InvalidInputError
+from ...validation import check_inputs
 from .halfspace import halfspace_projection
-from .linear_bounds import search_region_bounds
-from .plnet import PiecewiseLinearNet, as_plnet
-from .projection import LinfProjector, polytope_distance
+from ..bounds.chain_linear import search_region_bounds
+from ..graph.piecewise import PiecewiseLinearNet, as_plnet
+from ..solvers.projection import LinfProjector, polytope_distance
 
 __all__ = ["NORMS", "GeoCertResult", "RegionSearch", "start_search"]
 

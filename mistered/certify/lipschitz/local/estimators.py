@@ -5,7 +5,7 @@ Example:
     >>> est.value, est.kind, est.status        # (B,) exact constants, "exact", ["exact", ...]
 
 All methods bound or estimate ``L = max_{x in B} max_{c in C} ||J(x)^T c||_*`` (see
-:mod:`~mistered.certify.local_lipschitz.directions`) over the box ``B = {x : ||x - x0||_∞ <= radius}``:
+:mod:`~mistered.certify.lipschitz.local.directions`) over the box ``B = {x : ||x - x0||_∞ <= radius}``:
 
 =========  ========  ==========================================================================
 method     kind      what
@@ -30,10 +30,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ...errors import InvalidInputError
-from ...validation import check_inputs, check_nonnegative
-from ..interval import interval_bounds, linf_box
-from ..plnet import PiecewiseLinearNet, as_plnet
+from ....errors import InvalidInputError
+from ....validation import check_inputs, check_nonnegative
+from ...bounds.chain_interval import interval_bounds, linf_box
+from ...graph.piecewise import PiecewiseLinearNet, as_plnet
 from .directions import DUAL_NORMS, OutputDirections, max_dual_norm, resolve_objective
 from .jacobian import fastlip_bound, jacobians
 from .lipmip import solve_lipmip
@@ -80,7 +80,7 @@ class EstimatorOptions:
         solver: OR-Tools backend for ``lipmip`` (default SCIP) or ``lp`` (default GLOP).
         mip_gap: relative gap at which LipMIP counts as solved.
         formulation: LipMIP's encoding, ``"auto"``, ``"forward"`` or ``"backward"`` (see
-            :func:`~mistered.certify.local_lipschitz.lipmip.solve_lipmip`). ``lp`` always relaxes the backward
+            :func:`~mistered.certify.lipschitz.local.lipmip.solve_lipmip`). ``lp`` always relaxes the backward
             (LipMIP paper's) encoding, whose relaxation is the tighter of the two on wide inputs.
         bounds: pre-activation bounds behind the stable-neuron sets and big-M constants of ``lipmip`` and
             ``lp``: ``"crown"`` (linear relaxation intersected with intervals; tighter, fewer binaries, faster),
@@ -222,13 +222,13 @@ def estimate_lipschitz(
     """Bound, estimate or compute the local Lipschitz constant around each ``x0``.
 
     Args:
-        model_or_net: a ReLU network (``nn.Sequential``-like, see :mod:`~mistered.certify.plnet`) or its
-            :class:`~mistered.certify.plnet.PiecewiseLinearNet`.
+        model_or_net: a ReLU network (``nn.Sequential``-like, see :mod:`~mistered.certify.graph.piecewise`) or its
+            :class:`~mistered.certify.graph.piecewise.PiecewiseLinearNet`.
         x0: ``(B, *input_shape)`` box centres, in the network's input units (finite; any floating dtype, computed
             in the net's dtype; ``B = 0`` gives an empty estimate).
         radius: L∞ radius of the box, in input units (pixels in [0, 1] for images).
         norm: primal norm ``"linf"`` or ``"l1"`` (``"l2"`` for naive, sampling, clever and fastlip only).
-        objective: see :func:`~mistered.certify.local_lipschitz.directions.resolve_objective`;
+        objective: see :func:`~mistered.certify.lipschitz.local.directions.resolve_objective`;
             ``"margin"`` = predicted class minus runner-up at ``x0``.
         method: a key of :data:`METHODS`.
         clip: intersect the box with ``[lo, hi]`` (e.g. ``(0.0, 1.0)`` for images); ``None``: no clipping,

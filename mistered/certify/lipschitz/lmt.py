@@ -17,9 +17,9 @@ import time
 import torch
 from torch import nn
 
-from ..validation import check_batch, check_logits, model_device, model_dtype
-from .certificate import Certificate
-from .lipschitz import LipschitzBound, check_bounded_model
+from ...validation import check_batch, check_logits, model_device, model_dtype
+from ..certificate import Certificate
+from .global_bound import LipschitzBound, check_bounded_model
 
 __all__ = ["LMTCertifier", "certify_lmt", "lmt_radius", "pairwise_radius", "pairwise_row_norms"]
 
@@ -60,7 +60,7 @@ class LMTCertifier:
     """Certifies L2 robustness of ``model`` by its Lipschitz margin; the constant is computed once per input shape.
 
     Args:
-        model: ``(B, *input_shape) -> (B, K)`` built from layers :class:`~mistered.certify.lipschitz.LipschitzBound`
+        model: ``(B, *input_shape) -> (B, K)`` built from layers :class:`~mistered.certify.lipschitz.global_bound.LipschitzBound`
             supports (an unsupported layer raises :class:`~mistered.errors.UnsupportedLayerError` naming it; so does
             a TorchScript module or ``torch.fx`` graph, whose layers cannot be read).
         pairwise: use the tighter last-layer pairwise bound (the network must end with ``nn.Linear``).

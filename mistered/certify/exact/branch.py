@@ -1,6 +1,6 @@
 """Exact minimal adversarial distance (L1, L2, L∞) by branch and bound over ReLU splits.
 
-Why not regions: GeoCert (:mod:`mistered.certify.geocert`) grows a ball through the linear regions. In 784
+Why not regions: GeoCert (:mod:`mistered.certify.exact.geocert`) grows a ball through the linear regions. In 784
 dimensions an L∞ (or L2) ball of the answer's radius crosses nearly every first-layer hyperplane, so the number of
 regions it must visit grows exponentially with the unstable ReLUs: hundreds to thousands of regions (one LP or QP
 each) on a 784-20-20-2 net. Branch and bound instead splits the whole search space on one ReLU at a time and bounds
@@ -10,10 +10,10 @@ The search, best-first over nodes (a node = some ReLUs fixed active or inactive,
 
 * the search box is the domain intersected with the L∞ ball of radius = the best upper bound (seeded by
   ``upper_bound``/``x_adv``); pre-activation bounds come from CROWN over the box and, for L1/L2, the norm ball
-  (:func:`~mistered.certify.linear_bounds.search_region_bounds`, shared with GeoCert), recomputed when the upper
+  (:func:`~mistered.certify.bounds.chain_linear.search_region_bounds`, shared with GeoCert), recomputed when the upper
   bound shrinks by 10 %; ReLUs they prove stable are fixed;
 * one root per target ``j != c`` that the bounds on the margin ``f_j - f_c`` do not rule out, all in one queue;
-* a node's bound is the optimum of its triangle relaxation (:class:`~mistered.certify.relaxation_model.
+* a node's bound is the optimum of its triangle relaxation (:class:`~mistered.certify.solvers.triangle.
   TriangleRelaxation`: an LP for L1/L∞, a QP with Hessian ``2 I`` for L2, solved by HiGHS from the last basis):
   a lower bound on the distance of every adversarial point of the node; nodes at or beyond the upper bound are
   pruned (an LP stops as soon as its bound passes the upper bound: HiGHS' ``objective_bound``). In L2 on large
@@ -22,7 +22,7 @@ The search, best-first over nodes (a node = some ReLUs fixed active or inactive,
   (``L2CutRelaxation``; ~25x cheaper per node than the 784-D QP, which is kept for a node whose LP fails
   numerically);
 * a leaf (every unstable ReLU split) is one linear region: its exact projection is its exact distance;
-* upper bounds: at every node, the exact projection (:mod:`mistered.certify.projection`, as GeoCert) onto the
+* upper bounds: at every node, the exact projection (:mod:`mistered.certify.solvers.projection`, as GeoCert) onto the
   linear region of the network's true activation pattern at the relaxation's optimum, intersected with
   ``f_j >= f_c``: an adversarial point at an exactly known distance. A node whose bound that point attains is
   closed;
@@ -48,10 +48,10 @@ import numpy as np
 import torch
 
 from .region_search import GeoCertResult, RegionSearch, start_search
-from .mindist_mip import margin_net
-from .plnet import PiecewiseLinearNet
-from .l2_cut_relaxation import L2CutRelaxation
-from .relaxation_model import TriangleRelaxation
+from .mip import margin_net
+from ..graph.piecewise import PiecewiseLinearNet
+from ..solvers.l2_cuts import L2CutRelaxation
+from ..solvers.triangle import TriangleRelaxation
 
 __all__ = ["branch_and_bound_distance"]
 
@@ -73,7 +73,7 @@ def branch_and_bound_distance(
 ) -> GeoCertResult:
     """Exact minimal adversarial distance of one input ``x`` (``input_shape`` or flat ``(d,)``) in ``norm``.
 
-    The same contract as :func:`~mistered.certify.geocert.geocert` (see the module docstring for the algorithm).
+    The same contract as :func:`~mistered.certify.exact.geocert.geocert` (see the module docstring for the algorithm).
 
     Args:
         net: the network in piecewise-linear form (cast to float64 internally).
@@ -87,7 +87,7 @@ def branch_and_bound_distance(
         domain: the input box ``(lo, hi)`` the adversary must stay in.
 
     Returns:
-        :class:`~mistered.certify.geocert.GeoCertResult` with ``n_regions`` = nodes processed and
+        :class:`~mistered.certify.exact.geocert.GeoCertResult` with ``n_regions`` = nodes processed and
         ``n_lp_solves`` = relaxation solves plus exact projections; ``x_adv`` is at distance ``upper``.
     """
     start = time.perf_counter()
@@ -220,7 +220,7 @@ def _branch(heap: list, counter: int, node: tuple, free: np.ndarray, violation: 
 
 def _relaxation(search: RegionSearch, x0: np.ndarray, norm: str, c: int, l2_cuts: bool = False) -> TriangleRelaxation:
     """The relaxation over the search's current box and pre-activation bounds (with ``l2_cuts``, the L2 bound over
-    the hidden units, :class:`~mistered.certify.l2_cut_relaxation.L2CutRelaxation`)."""
+    the hidden units, :class:`~mistered.certify.solvers.l2_cuts.L2CutRelaxation`)."""
     lower = np.concatenate([low[0].numpy() for low, _ in search.bounds[:-1]] or [np.zeros(0)])
     upper = np.concatenate([up[0].numpy() for _, up in search.bounds[:-1]] or [np.zeros(0)])
     lo, hi = search.box(search.box_radius)

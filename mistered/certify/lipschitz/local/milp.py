@@ -2,7 +2,7 @@
 pass and the exact big-M product ``a = delta * e`` of a binary and a bounded linear expression.
 
 All arrays are float64 numpy on the CPU; "bounds" are the pre-activation bounds of
-:func:`~mistered.certify.interval.interval_bounds` format (batch of one).
+:func:`~mistered.certify.bounds.chain_interval.interval_bounds` format (batch of one).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InvalidInputError
-from ..interval import stable_masks
-from ..plnet import PiecewiseLinearNet
+from ....errors import InvalidInputError
+from ...bounds.chain_interval import stable_masks
+from ...graph.piecewise import PiecewiseLinearNet
 
 __all__ = ["MipModel", "SCIP_PARAMETERS", "forward_relus", "gate"]
 

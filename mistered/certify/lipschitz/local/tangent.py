@@ -2,7 +2,7 @@
 
 Since ``||J^T c||_* = max_{||v|| <= 1} c^T J v``, the MIP maximises the LINEAR ``c^T t_L`` over ``v`` in the primal
 unit ball and the tangent ``t_1 = W_1 v``, ``t_{k+1} = W_{k+1} D_k t_k``, where each unstable ReLU's gate
-``D_k t_k`` is the exact big-M product (:func:`~mistered.certify.local_lipschitz.milp.gate`) of the forward pass's
+``D_k t_k`` is the exact big-M product (:func:`~mistered.certify.lipschitz.local.milp.gate`) of the forward pass's
 binary and ``t_k`` in ``[lo_k, hi_k]``.
 
 The gate's LP relaxation is only as tight as ``[lo_k, hi_k]``. ``t_1``'s bounds ``+-||W_1[j]||_1`` (L∞) are exact,
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..plnet import PiecewiseLinearNet
+from ...graph.piecewise import PiecewiseLinearNet
 from .milp import MipModel, forward_relus, gate
 
 __all__ = ["TangentBounds", "tangent_objective", "tangent_bounds"]

@@ -11,7 +11,7 @@ new bound is also intersected with the initial one.
 One persistent HiGHS model per example grows layer by layer (new columns and rows for each layer, nothing
 rebuilt); each neuron's two LPs only change the objective and the sense and re-solve from the previous basis.
 HiGHS comes from scipy's bundled bindings (``scipy.optimize._highspy``, as in
-:class:`~mistered.certify.projection.LinfProjector`); ``highspy`` itself cannot share a process with OR-Tools.
+:class:`~mistered.certify.solvers.projection.LinfProjector`); ``highspy`` itself cannot share a process with OR-Tools.
 
 Soundness: an LP optimum is only accurate to the solver's tolerances, so every new bound is pushed outwards by
 ``1e-7 (1 + |bound|)``; a solve that is not optimal (or a time limit) keeps the initial bound.
@@ -27,9 +27,9 @@ import time
 import numpy as np
 import torch
 
-from ..errors import MisteredError
-from .linear_bounds import linear_bounds
-from .plnet import PiecewiseLinearNet
+from ...errors import MisteredError
+from .chain_linear import linear_bounds
+from ..graph.piecewise import PiecewiseLinearNet
 
 try:  # HiGHS as bundled by scipy (private module; see the module docstring)
     from scipy.optimize._highspy import _core as _highs
@@ -55,7 +55,7 @@ def lp_bounds(
         net: the network (solved in float64 on the CPU; the result has the net's dtype and device).
         lower, upper: ``(B, d)`` (or ``(B, *input_shape)``) input box per example.
         initial: bounds to start from and intersect with, same format as the result; default
-            :func:`~mistered.certify.linear_bounds.linear_bounds` (CROWN).
+            :func:`~mistered.certify.bounds.chain_linear.linear_bounds` (CROWN).
         time_limit: seconds per example for the tightening; neurons not reached keep their initial bounds.
 
     Returns:

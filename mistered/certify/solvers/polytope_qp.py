@@ -1,6 +1,6 @@
 """A convex QP over a polytope whose bounds change in place, solved by Clarabel (interior point).
 
-Branch and bound in L2 (:mod:`mistered.certify.relaxation_model`) takes Newton steps on the first layer's distance
+Branch and bound in L2 (:mod:`mistered.certify.solvers.triangle`) takes Newton steps on the first layer's distance
 function over each node's polytope: ``min qᵀx + ½ xᵀ P x`` subject to ``row_lo <= A x <= row_hi`` and
 ``col_lo <= x <= col_hi``, where only the bounds (the node's ReLU splits and target) and a few appended rows change
 between solves. HiGHS' active-set QP ends in "solve error" on some of these (a semidefinite ``P``: zero on every

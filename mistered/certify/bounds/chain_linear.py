@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .interval import interval_bounds
-from .plnet import PiecewiseLinearNet
+from .chain_interval import interval_bounds
+from ..graph.piecewise import PiecewiseLinearNet
 
 __all__ = ["linear_bounds", "search_region_bounds", "NormBall", "ball_box_support"]
 
@@ -45,7 +45,7 @@ def linear_bounds(
     net: PiecewiseLinearNet, lower: torch.Tensor, upper: torch.Tensor, ball: NormBall | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Sound pre-activation bounds of every layer over the input box ``[lower, upper]`` (same format as
-    :func:`~mistered.certify.interval.interval_bounds`: ``[(l_i, u_i)]``, ``(B, n_i)`` each, logits last), or over
+    :func:`~mistered.certify.bounds.chain_interval.interval_bounds`: ``[(l_i, u_i)]``, ``(B, n_i)`` each, logits last), or over
     its intersection with ``ball`` (an L1 or L2 ball whose centre ``(B, d)`` lies in the box): every linear form is
     then maximised over box and ball together (:func:`ball_box_support`), the first layer exactly."""
     boxes = interval_bounds(net, lower, upper)

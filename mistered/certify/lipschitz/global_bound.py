@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedLayerError
-from ..models.normalized import Normalized
-from ..validation import check_layered_model, model_device
+from ...errors import UnsupportedLayerError
+from ...models.normalized import Normalized
+from ...validation import check_layered_model, model_device
 
 __all__ = ["LipschitzBound", "Residual", "operator_norm", "lipschitz_bound", "check_bounded_model"]
 

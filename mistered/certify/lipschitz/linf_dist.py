@@ -1,12 +1,13 @@
-"""The hybrid L∞-dist net (Zhang et al. 2021): an L∞-dist backbone followed by a small ReLU head.
+"""Certificates of L∞-dist nets (Zhang et al. 2021/2022): every L∞-dist neuron is 1-Lipschitz in L∞.
 
-Every backbone feature is 1-Lipschitz in L∞ (eval mode, ``p = inf``), so an input perturbation of L∞
-size ``eps`` keeps each feature in ``[f(x) - eps, f(x) + eps]``. Interval bound propagation through the
-head (hidden layer by :func:`~mistered.certify.interval.interval_bounds`, the output layer directly on the
-margins ``logit_y - logit_j``) then bounds the margins from below; the example is certified at ``eps`` when
-every such bound is positive. The certified radius is found per example by a batched bisection on ``eps``
-and is always a value that was verified (interval bounds grow with the box, so every smaller ``eps`` is
-verified too).
+* :class:`~mistered.models.linf_dist.LinfDistNet`: if the top raw output exceeds the runner-up by ``m``, no L∞
+  perturbation smaller than ``m / 2`` changes the prediction (:func:`certify_linf_dist`).
+* :class:`~mistered.models.linf_dist.LinfDistHybrid` (an L∞-dist backbone followed by a small ReLU head): an input
+  perturbation of L∞ size ``eps`` keeps each backbone feature in ``[f(x) - eps, f(x) + eps]``; interval bound
+  propagation through the head (hidden layer by :func:`~mistered.certify.bounds.chain_interval.interval_bounds`,
+  the output layer directly on the margins ``logit_y - logit_j``) bounds the margins from below, and the example is
+  certified at ``eps`` when every such bound is positive. The radius is found per example by a batched bisection
+  on ``eps`` and is always a value that was verified (interval bounds grow with the box).
 """
 
 from __future__ import annotations
@@ -17,75 +18,54 @@ import time
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError, UnsupportedLayerError
-from ..validation import check_batch, describe_model, model_device, model_dtype
-from .certificate import Certificate
-from .interval import interval_bounds
-from .linf_dist import LinfDistLinear, certification_mode
-from .plnet import PiecewiseLinearNet
+from ...errors import InvalidInputError, UnsupportedLayerError
+from ...models.linf_dist import LinfDistHybrid, LinfDistNet, certification_mode
+from ...validation import check_batch, check_logits, describe_model, model_device, model_dtype
+from ..bounds.chain_interval import interval_bounds
+from ..certificate import Certificate
+from ..graph.piecewise import PiecewiseLinearNet
 
 __all__ = [
-    "LinfDistHybrid", "linf_dist_hybrid", "head_net", "hybrid_margin_bounds", "hybrid_margin_lower_bound",
-    "certify_linf_dist_hybrid",
+    "certify_linf_dist", "linf_dist_radius", "certify_linf_dist_hybrid", "head_net", "hybrid_margin_bounds",
+    "hybrid_margin_lower_bound",
 ]
 
 
-class LinfDistHybrid(nn.Module):
-    """``(B, C, H, W)`` in ``[0, 1]`` -> ``(B, K)`` logits: ``depth`` L∞-dist layers of ``width``, then Linear-ReLU-Linear.
+def linf_dist_radius(raw: torch.Tensor) -> torch.Tensor:
+    """Certified L∞ radius ``(top - runner_up) / 2`` from 1-Lipschitz outputs ``(B, K)``; returns ``(B,)``."""
+    top2 = raw.topk(2, dim=1).values
+    return (top2[:, 0] - top2[:, 1]) / 2
 
-    Args:
-        in_shape: ``(C, H, W)`` of the inputs.
-        num_classes: ``K``.
-        depth: number of L∞-dist layers in the backbone (each with mean shift and identity initialisation).
-        width: width of every backbone layer (the feature dimension).
-        head_hidden: hidden width of the head.
-        identity_val, std: initialisation of the L∞-dist layers (see :class:`~mistered.certify.linf_dist.LinfDistLinear`).
 
-    Attributes:
-        backbone: ``nn.Sequential(Flatten, LinfDistLinear, ...)`` producing ``(B, width)`` features, each
-            1-Lipschitz in L∞ in eval mode at ``p = inf``; ``head``: ``nn.Sequential(Linear, ReLU, Linear)``.
+@torch.no_grad()
+def certify_linf_dist(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Certificate:
+    """Certify an L∞-dist net on ``x`` ``(B, C, H, W)`` in ``[0, 1]`` with labels ``y`` ``(B,)`` in ``[0, K)``: radius
+    ``margin / 2``. The batch is validated by :func:`~mistered.validation.check_batch` (cast to the model's dtype).
+
+    The model is evaluated in eval mode with ``p = inf`` (its state is restored after). Misclassified
+    examples get radius 0.
+
+    A :class:`~mistered.models.linf_dist.LinfDistHybrid` is certified by
+    :func:`certify_linf_dist_hybrid` (bisection with interval bounds).
+
+    Raises:
+        UnsupportedLayerError: ``model`` is not a :class:`LinfDistNet` (other networks are not 1-Lipschitz in L∞).
     """
-
-    def __init__(
-        self,
-        in_shape: tuple[int, int, int] = (1, 28, 28),
-        num_classes: int = 10,
-        depth: int = 3,
-        width: int = 256,
-        head_hidden: int = 128,
-        identity_val: float = 3.0,
-        std: float = 0.3,
-    ) -> None:
-        super().__init__()
-        if depth < 1 or width < 1 or head_hidden < 1:
-            raise InvalidInputError(
-                f"a hybrid L∞-dist net needs depth >= 1, width >= 1 and head_hidden >= 1, "
-                f"got depth={depth}, width={width}, head_hidden={head_hidden}"
-            )
-        layers: list[nn.Module] = [nn.Flatten()]
-        size = math.prod(in_shape)
-        for _ in range(depth):
-            layers.append(LinfDistLinear(size, width, mean_shift=True, identity_val=identity_val, std=std))
-            size = width
-        self.backbone = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(width, head_hidden), nn.ReLU(), nn.Linear(head_hidden, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-def linf_dist_hybrid(
-    in_channels: int = 1,
-    image_size: int = 28,
-    num_classes: int = 10,
-    depth: int = 3,
-    width: int = 256,
-    head_hidden: int = 128,
-    identity_val: float = 3.0,
-    std: float = 0.3,
-) -> LinfDistHybrid:
-    """Registry builder of :class:`LinfDistHybrid` (``"linf-dist-hybrid"``)."""
-    return LinfDistHybrid((in_channels, image_size, image_size), num_classes, depth, width, head_hidden, identity_val, std)
+    if isinstance(model, LinfDistHybrid):
+        return certify_linf_dist_hybrid(model, x, y)
+    if not isinstance(model, LinfDistNet):
+        raise UnsupportedLayerError(
+            f"L∞-dist certification needs an L∞-dist net (architecture 'linf-dist-net'), got {describe_model(model)}: "
+            "only networks built from L∞-dist neurons are 1-Lipschitz in L∞; use --method lmt for other models"
+        )
+    x, y = check_batch(x, y, dtype=model_dtype(model), device=model_device(model))
+    with certification_mode(model):
+        start = time.perf_counter()
+        raw = model.raw(x)
+        check_logits(raw, y)
+        radius = linf_dist_radius(raw)
+        seconds = time.perf_counter() - start
+    return Certificate.from_radii("linf-dist", "linf", radius, raw.argmax(dim=1), y, seconds)
 
 
 def _check_hybrid(model: nn.Module) -> LinfDistHybrid:
@@ -104,7 +84,7 @@ def _check_batch(model: LinfDistHybrid, x: torch.Tensor, y: torch.Tensor) -> tup
 
 
 def head_net(model: LinfDistHybrid) -> PiecewiseLinearNet:
-    """The head of ``model`` as a :class:`~mistered.certify.plnet.PiecewiseLinearNet` that shares its parameters.
+    """The head of ``model`` as a :class:`~mistered.certify.graph.piecewise.PiecewiseLinearNet` that shares its parameters.
 
     No copy is made, so bounds computed through it are differentiable in the head's weights (for training).
     """

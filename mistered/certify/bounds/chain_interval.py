@@ -1,4 +1,4 @@
-"""Interval bound propagation (IBP) through a :class:`~mistered.certify.plnet.PiecewiseLinearNet`, batched.
+"""Interval bound propagation (IBP) through a :class:`~mistered.certify.graph.piecewise.PiecewiseLinearNet`, batched.
 
 Bounds use the centre/radius form: for ``z = W h + b`` with ``h`` in ``[l, u]``, ``z`` lies in
 ``W c + b -/+ |W| r`` with ``c = (l + u) / 2`` and ``r = (u - l) / 2``. One matrix product per layer for the
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InvalidInputError
-from .plnet import PiecewiseLinearNet
+from ...errors import InvalidInputError
+from ..graph.piecewise import PiecewiseLinearNet
 
 __all__ = ["interval_bounds", "stable_masks", "linf_box"]
 

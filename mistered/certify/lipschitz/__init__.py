@@ -1,0 +1,13 @@
+"""Lipschitz certificates and estimates.
+
+* :mod:`.global_bound` — upper bounds on the L2 Lipschitz constant of a network, layer by layer
+  (``lipschitz_bound``, the differentiable ``LipschitzBound``);
+* :mod:`.lmt` — Lipschitz-margin certificates and the LMT training objective's pieces (Tsuzuku et al. 2018);
+* :mod:`.linf_dist` — certificates of L∞-dist nets (1-Lipschitz in L∞ by construction);
+* :mod:`.local` — local Lipschitz constants: LipMIP (exact, a MIP) and the estimators it is compared with.
+"""
+
+from .global_bound import LipschitzBound, Residual, lipschitz_bound, operator_norm
+from .lmt import LMTCertifier, certify_lmt, lmt_radius
+
+__all__ = ["LipschitzBound", "Residual", "lipschitz_bound", "operator_norm", "LMTCertifier", "certify_lmt", "lmt_radius"]
