@@ -146,3 +146,25 @@ def test_a_users_feature_extractor_is_used_and_a_failing_one_is_one_error(cli, t
     assert good.exit_code == 0, good.output
     bad = cli("--n", "30", "--metric", "lpips-net", "--lpips-net", f"{source}:Bad", "--out", str(tmp_path / "bad"))
     assert bad.exit_code == 2 and "the feature extractor of lpips-net fails on images of shape" in bad.output
+
+
+def test_calibrate_takes_the_shared_config_and_quiet_options(cli, tmp_path):
+    config = tmp_path / "calibrate.yaml"
+    config.write_text("n: 20\nmetric: [l2, linf]\nbatch-size: 8\n")
+    result = cli("--config", str(config), "--quiet", "--out", str(tmp_path / "first"))
+    assert result.exit_code == 0, result.output
+    assert "calibrating" not in result.output  # no progress with --quiet
+    record = json.loads((tmp_path / "first" / "results.json").read_text())
+    assert record["settings"]["n"] == 20 and set(record["summary"]["metrics"]) == {"l2", "linf"}
+    replay = cli("--config", str(tmp_path / "first" / "config.yaml"), "--n", "10", "--out", str(tmp_path / "second"))
+    assert replay.exit_code == 0, replay.output
+    assert "calibrating l2, linf on 10 images" in replay.output  # progress without --quiet
+    second = json.loads((tmp_path / "second" / "results.json").read_text())
+    assert second["settings"]["n"] == 10 and second["settings"]["metrics"] == ["l2", "linf"]  # the command line wins
+
+
+def test_calibrate_config_with_an_unknown_key_is_one_error_line(cli, tmp_path):
+    config = tmp_path / "calibrate.yaml"
+    config.write_text("n: 20\nsteps: 3\n")
+    result = cli("--config", str(config), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and result.output.count("Error:") == 1 and "unknown option(s) steps" in result.output

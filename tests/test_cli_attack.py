@@ -81,3 +81,23 @@ def test_bad_input_is_one_error_line_and_exit_code_2(checkpoint, tmp_path, args)
     assert lines[0].startswith("Error:"), result.output
     assert len(lines) == 1, result.output
     assert "Traceback" not in result.output and "this ran at load time" not in result.output
+
+
+def test_examples_png_captions_each_adversarial_image_with_its_distance():
+    from mistered.attacks import PGD
+    from mistered.cli.attack import _shown_distance
+    from mistered.evaluate.plots import examples_figure
+    from mistered.threats import parse_threat
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    threat = parse_threat("linf(0.3)|l2<=1")
+    result = PGD(net, threat, steps=3, distances=("linf", "l2"))(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
+    assert _shown_distance(threat, result.distances) == "l2"  # the perceptual bound's metric
+    assert _shown_distance(parse_threat("rotation"), result.distances) == "linf"  # no LPIPS measured: L∞
+    fig = examples_figure(result, count=3, distance="l2")
+    shown = [result.distances["l2"][i] for i in
+             torch.argsort((result.clean_correct & result.success).float(), descending=True, stable=True)[:3]]
+    captions = [ax.get_xlabel() for ax in fig.axes[3:6]]  # row 2: the adversarial images
+    assert captions == [f"l2 {float(v):.4f}" for v in shown]
+    assert [ax.get_ylabel() for ax in fig.axes[::3]] == ["original", "adversarial", "|difference|"]

@@ -23,6 +23,11 @@ class PGD(Attack):
     as every example is fooled (``early_stop``). Restarts, alternatives and validation come from
     :class:`~mistered.attacks.base.Attack`.
 
+    Cost per restart: ``steps`` forward+backward passes and one forward pass (the last iterate, which decides
+    whether it fooled the model); the attack adds one forward pass for the clean logits and, when the kept
+    examples come from different passes, one for the exact logits of ``x_adv``. Best-so-far is updated in place
+    (no copy of the parameters per step).
+
     Args:
         model, threat: see :class:`Attack`.
         steps: number of gradient steps (``>= 1``).
@@ -72,13 +77,13 @@ class PGD(Attack):
         for _ in range(self.steps):
             logits = forward(perturbation(x))
             losses = loss_fn(logits, goal)
-            with torch.no_grad():
+            with torch.no_grad():  # best-so-far, in place
                 success = self.succeeded(logits, goal, targeted)
                 improved = ~best_success & (success | (losses > best_loss))
                 for saved, param in zip(best_params, params):
-                    saved.copy_(torch.where(improved.view(-1, *([1] * (param.dim() - 1))), param, saved))
+                    torch.where(improved.view(-1, *([1] * (param.dim() - 1))), param, saved, out=saved)
                 best_success |= success
-                best_loss = torch.where(improved, losses.detach(), best_loss)
+                torch.where(improved, losses, best_loss, out=best_loss)
             if self.early_stop and bool(best_success.all()):
                 break
             for param, grad in zip(params, torch.autograd.grad(losses.sum(), params)):

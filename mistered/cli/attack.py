@@ -17,8 +17,9 @@ import click
 from ..errors import InvalidInputError
 from ..evaluate.plots import plot_examples
 from ..results import fraction
-from .common import check_positive, start_run
-from .options import data_options, eps_option, model_options, parse_radii, run_options, threat_option
+from .common import check_lpips_net, check_positive, start_run
+from .options import (data_options, eps_option, lpips_net_option, model_options, parse_radii, run_options,
+                      threat_option)
 
 __all__ = ["attack", "summarize", "build_threat"]
 
@@ -74,6 +75,7 @@ def build_threat(specs: tuple[str, ...], eps: tuple[str, ...]):
               help="pgd | fgsm | cw | perceptual | autoattack | torchattacks:<Name>.")
 @click.option("--steps", default=10, show_default=True, type=int, help="Attack iterations.")
 @click.option("--restarts", default=1, show_default=True, type=int, help="Random restarts per alternative.")
+@lpips_net_option()
 @model_options()
 @data_options(n_default=100)
 @run_options(batch_size=100)
@@ -88,8 +90,14 @@ def attack(**options: Any) -> None:
     started = time.perf_counter()
     threat_specs = options["threat"] or ("combined",)
     threat = build_threat(threat_specs, options["eps"])
+    check_lpips_net([threat], options["lpips_net"])
     with start_run("attack", options, shard=True) as run:
         model, data = run.load_inputs("mnist-cnn")
+        net = run.load_lpips_net(data)
+        if net is not None:
+            from ..threats import bind_features
+
+            threat = bind_features(threat, net=net)
         attacker = build_attack(options["attack"], model, threat, steps=options["steps"], restarts=options["restarts"],
                                 seed=options["seed"], device=run.device, distances=_distances(data.sample_shape))
         resolved = {"threat": list(threat_specs), "model": options["model"] or "mnist-cnn",
@@ -121,6 +129,13 @@ def _distances(sample_shape: tuple[int, ...]) -> tuple[str, ...]:
     from ..metrics.ssim import SSIM_WINDOW
 
     return ("linf", "l2", "lpips") + (("dssim",) if min(sample_shape[1:]) >= SSIM_WINDOW else ())
+
+
+def _shown_distance(threat, measured: dict[str, Any]) -> str | None:
+    """The distance examples.png captions each example with: the threat's perceptual bound, an additive threat's
+    norm, else LPIPS (when measured)."""
+    preferred = getattr(threat, "metric", None) or getattr(threat, "norm", None) or "lpips"
+    return next((name for name in (preferred, "lpips", "linf") if name in measured), None)
 
 
 def _payload(result) -> dict[str, Any]:
@@ -164,7 +179,7 @@ def _report(run, batches: list[dict[str, Any]], data, threat, settings, resolved
         "x_adv": result.x_adv, "labels": result.labels, "clean_predictions": result.clean_logits.argmax(dim=1),
         "adversarial_predictions": result.predictions, "success": result.success,
         "indices": torch.tensor(indices, dtype=torch.int64), "threat": str(threat)})
-    png_path = plot_examples(result, run.out / "examples.png")
+    png_path = plot_examples(result, run.out / "examples.png", distance=_shown_distance(threat, result.distances))
     record = make_record("attack", settings, run.device, timings, summary, examples=examples, inputs=run.inputs)
     json_path = run.write(record, resolved)
     Console().print(f"wrote {json_path}, {run.out / 'adversarial.pt'} and {png_path}")

@@ -5,16 +5,18 @@ work), checks the out folder before anything else happens (a file, an unwritable
 files without ``--resume`` is a one-line error, exit code 2), and returns a :class:`Run`. :meth:`Run.load_inputs`
 loads the model and the data from their sources, selects the examples, prints the notes (e.g. "--n 5000 is larger
 than the 1000 examples: all 1000 are used") and runs the dry run of the model on the data's shape before any
-attack or certificate. :meth:`Run.write` writes ``results.json`` and the resolved ``config.yaml`` (rank 0 only).
+attack or certificate; :meth:`Run.load_lpips_net` loads ``--lpips-net`` and tries it on the data's shape.
+:meth:`Run.write` writes ``results.json`` and the resolved ``config.yaml`` (rank 0 only).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import torch
@@ -24,7 +26,10 @@ from ..errors import InvalidInputError
 from ..progress import Progress
 from .options import parse_channels, parse_model_args, resolved_config, resume_folder, write_config
 
-__all__ = ["Run", "start_run", "check_positive", "FROM_OPTIONS"]
+if TYPE_CHECKING:
+    from ..threats import Threat
+
+__all__ = ["Run", "start_run", "check_positive", "check_lpips_net", "load_feature_extractor", "FROM_OPTIONS"]
 
 #: ``Run.load_data(n=FROM_OPTIONS)``: take ``--n`` as given.
 FROM_OPTIONS = object()
@@ -35,6 +40,39 @@ def check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def check_lpips_net(threats: Iterable[Threat], spec: str | None) -> None:
+    """Raise :class:`InvalidInputError` when a threat has an ``lpips-net`` budget and ``--lpips-net`` is missing, or
+    ``--lpips-net`` is given and no threat has one."""
+    from ..evaluate.budgets import threat_budgets
+
+    uses = any(b.name == "lpips-net" for threat in threats for b in threat_budgets(threat))
+    if uses and spec is None:
+        raise InvalidInputError("an lpips-net budget measures in a feature extractor's activations: give it with "
+                                "--lpips-net file.py:Name")
+    if spec is not None and not uses:
+        raise InvalidInputError("--lpips-net is only used by lpips-net budgets, "
+                                "e.g. --threat 'linf(0.3)|lpips-net<=0.5'")
+
+
+def load_feature_extractor(spec: str, device: torch.device) -> nn.Module:
+    """The network of ``--lpips-net file.py:Name`` (or ``package.module:Name``), frozen, in eval mode, on ``device``.
+
+    Raises:
+        InvalidInputError: not of that form, or the file/module/name cannot be loaded (one line naming why).
+    """
+    from ..models.python_source import load_python_model
+    from ..models.sources import parse_python_spec
+
+    parsed = parse_python_spec(spec)
+    if parsed is None:
+        raise InvalidInputError(f"--lpips-net takes file.py:Name or package.module:Name, got {spec!r}")
+    try:
+        net = load_python_model(parsed, {})[0]
+    except InvalidInputError as error:
+        raise InvalidInputError(f"--lpips-net {spec}: {error}") from None
+    return net.to(device).eval().requires_grad_(False)
 
 
 @dataclass
@@ -115,6 +153,20 @@ class Run:
         data = self.load_data(n=n)
         self.check(model, data)
         return model, data
+
+    def load_lpips_net(self, data: Any) -> nn.Module | None:
+        """The extractor of ``--lpips-net`` (``None`` without it), tried on two blank images of the data's shape so
+        that one that fails on them is a one-line error before any work."""
+        spec = self.options.get("lpips_net")
+        if spec is None:
+            return None
+        from ..metrics import FeatureDistance
+
+        net = load_feature_extractor(spec, self.device)
+        blank = torch.zeros(2, *data.sample_shape, device=self.device)
+        with torch.no_grad():
+            FeatureDistance(net)(blank, blank)
+        return net
 
     def settings(self, resolved: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
         """The record's settings: the resolved options (underscore keys) plus ``extra``."""

@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from .common import check_positive, start_run
-from .options import data_options, eps_option, model_options, run_options, split_top_level, threat_option
+from .common import check_lpips_net, check_positive, start_run
+from .options import (data_options, eps_option, lpips_net_option, model_options, run_options, split_top_level,
+                      threat_option)
 
 __all__ = ["evaluate", "threat_entries"]
 
@@ -30,10 +31,16 @@ def threat_entries(threat: tuple[str, ...], threats: str | None) -> tuple[str, .
 
 @click.command("evaluate")
 @threat_option(default=("linf", "l2"), extra_help=" linf and l2 are swept over --eps; others (stadv, rotation, "
-               "'linf(0.2)') run at their own budget.")
+               "'linf(0.2)') run at their own budget, or over --sweep; several that differ in one budget only "
+               "form one curve.")
 @click.option("--threats", default=None, hidden=True, help="Deprecated: a comma-separated --threat list.")
 @eps_option(extra_help=" Per norm: --eps linf=0.1,0.3 --eps l2=1,2 (a bare list applies to both) [default: "
             "linf=0.05,0.1,0.2,0.3 and l2=0.5,1,1.5,2].")
+@click.option("--sweep", multiple=True, metavar="NAME=LIST",
+              help="Sweep one budget of the threats that have it, e.g. --threat stadv --sweep smoothness=0.005,0.01,"
+                   "0.02 or --threat combined --sweep lpips=0.01,0.015; names: linf, l2, angle, translation, scale, "
+                   "flow, smoothness and the metrics of perceptual bounds (lpips, dssim ...). robustness.png plots "
+                   "accuracy against it.")
 @click.option("--certify", default="lmt,linf-dist,geocert", show_default=True,
               help="Certifiers to try (those that do not apply are listed with the reason); empty for none.")
 @click.option("--steps", default=20, show_default=True, type=int, help="Attack iterations (PGD, APGD, CW).")
@@ -49,6 +56,7 @@ def threat_entries(threat: tuple[str, ...], threats: str | None) -> tuple[str, .
 @click.option("--compile/--no-compile", "compile", default=False, show_default=True,
               help="L-inf-dist nets: the compiled p = inf kernel (same results; pays ~2-4 s of compiling per layer "
                    "width; falls back to the eager kernel with a warning when no C++ compiler works).")
+@lpips_net_option()
 @model_options()
 @data_options(n_default=50)
 @run_options(batch_size=50)
@@ -58,7 +66,7 @@ def evaluate(**options: Any) -> None:
     from rich.table import Table
 
     from ..models.linf_dist.nets import set_linf_dist_compiled
-    from ..evaluate import EvaluateConfig, build_points, parse_eps
+    from ..evaluate import EvaluateConfig, build_points, parse_eps, parse_sweeps
     from ..evaluate import evaluate as run_evaluation
     from ..evaluate.report import table_columns, table_rows
     from ..sharding import share_size
@@ -66,15 +74,18 @@ def evaluate(**options: Any) -> None:
     check_positive(n=options["n"])
     threats = threat_entries(options["threat"], options["threats"])
     config = EvaluateConfig(
-        threats=threats, eps=parse_eps(options["eps"]), certify=_names(options["certify"]),
+        threats=threats, eps=parse_eps(options["eps"]), sweep=parse_sweeps(options["sweep"]),
+        certify=_names(options["certify"]),
         steps=options["steps"], restarts=options["restarts"], autoattack=options["autoattack"],
         square_queries=options["square_queries"], cw=options["cw"], geocert_n=options["geocert_n"],
         geocert_time=options["geocert_time"], batch_size=options["batch_size"], seed=options["seed"],
     )
     config.validate()
-    build_points(config.threats, config.eps)  # a bad threat is an error before any work
+    points = build_points(config.threats, config.eps, config.sweep)  # a bad threat is an error before any work
+    check_lpips_net([p.threat for p in points], options["lpips_net"])
     with start_run("evaluate", options, shard=True) as run:
         model, data = run.load_inputs("mnist-cnn")
+        features = run.load_lpips_net(data)
         set_linf_dist_compiled(model, options["compile"])  # no-op for models without L-inf-dist layers
         model_name = options["model"] or "mnist-cnn"
         resolved = {"threat": list(threats), "model": model_name,
@@ -86,7 +97,8 @@ def evaluate(**options: Any) -> None:
         try:
             with run.progress("evaluate", share_size(len(data), options["batch_size"], run.group)) as bar:
                 record = run_evaluation(model, data, run.out, config, resume=run.resuming, model_name=model_name,
-                                        device=run.device, on_batch=bar.advance, group=run.group, inputs=run.inputs)
+                                        device=run.device, on_batch=bar.advance, group=run.group, inputs=run.inputs,
+                                        features=features)
         finally:
             sanity_logger.setLevel(level)
         if record is None:  # a rank other than 0: rank 0 writes

@@ -2,7 +2,9 @@
 
 * :func:`model_options`: ``--model SOURCE --weights FILE --model-args JSON --mean LIST --std LIST``;
 * :func:`data_options`: ``--data SOURCE --download --split --n N --indices FILE --image-size N``;
-* :func:`run_options`: ``--device --out DIR --resume [DIR] --config FILE --quiet --seed --batch-size``;
+* :func:`run_options`: ``--device --out DIR --resume [DIR] --config FILE --quiet --seed --batch-size``
+  (:func:`config_option` and :func:`quiet_option` alone for commands without the rest);
+* :func:`lpips_net_option`: ``--lpips-net FILE.py:Name``, the feature extractor of ``lpips-net`` distances;
 * :func:`eps_option` (a radius; comma list and/or repeated) and :func:`threat_option` (repeatable; a spec
   with commas is one threat).
 
@@ -26,7 +28,8 @@ from ..errors import InvalidInputError
 from ..evaluate.points import parse_number
 
 __all__ = [
-    "model_options", "data_options", "run_options", "eps_option", "threat_option", "parse_radii",
+    "model_options", "data_options", "run_options", "config_option", "quiet_option", "lpips_net_option",
+    "eps_option", "threat_option", "parse_radii",
     "parse_channels", "parse_model_args", "split_top_level", "resume_folder", "resolved_config", "write_config",
     "HELP", "RUN_KEYS",
 ]
@@ -73,6 +76,9 @@ HELP: dict[str, str] = {
     "config": "A YAML file of options (keys: the option names); the command line wins over it.",
     "quiet": "No progress bar and no progress lines.",
     "eps": "Radius in pixels of [0, 1] images; a comma list and/or repeated for several.",
+    "lpips_net": "Feature extractor of the lpips-net distance (budgets such as '...|lpips-net<=0.5'): file.py:Name "
+                 "or package.module:Name, an nn.Module taking (B, C, H, W) images in [0, 1] and returning a tensor "
+                 "or a list of activations.",
     "threat": "Threat preset or spec, e.g. linf, stadv, 'flow(0.05)>>affine(10deg,0.1)>>linf(0.3)|lpips<=0.1' (a spec "
               "with commas is one threat); repeat for several.",
 }
@@ -112,10 +118,25 @@ def run_options(batch_size: int) -> Decorator:
         click.option("--out", metavar="DIR", default=None, help=HELP["out"]),
         click.option("--resume", metavar="[DIR]", is_flag=False, flag_value=_RESUME_IN_OUT, default=None,
                      help=HELP["resume"]),
-        click.option("--config", metavar="FILE", is_eager=True, expose_value=False, callback=_load_config,
-                     help=HELP["config"]),
-        click.option("--quiet", is_flag=True, default=False, help=HELP["quiet"]),
+        config_option(),
+        quiet_option(),
     )
+
+
+def config_option() -> Decorator:
+    """``--config FILE``: a YAML file of the command's options (read first; the command line wins)."""
+    return click.option("--config", metavar="FILE", is_eager=True, expose_value=False, callback=_load_config,
+                        help=HELP["config"])
+
+
+def quiet_option() -> Decorator:
+    """``--quiet``: no progress bar and no progress lines."""
+    return click.option("--quiet", is_flag=True, default=False, help=HELP["quiet"])
+
+
+def lpips_net_option() -> Decorator:
+    """``--lpips-net FILE.py:Name``: the feature extractor of ``lpips-net`` distances and budgets."""
+    return click.option("--lpips-net", metavar="FILE.py:Name", default=None, help=HELP["lpips_net"])
 
 
 def eps_option(default: str | None = None, extra_help: str = "") -> Decorator:

@@ -9,10 +9,10 @@ batches; the batches may be shared out over processes (:mod:`mistered.sharding`)
 """
 
 from .plan import CERTIFIERS, CertifierPlan, CertifierSpec, plan_certifiers
-from .points import DEFAULT_EPS, EvalPoint, build_points, parse_eps, union_levels
+from .points import DEFAULT_EPS, EvalPoint, build_points, parse_eps, parse_sweeps, union_levels
 from .run import EvaluateConfig, evaluate
 
 __all__ = [
     "CERTIFIERS", "CertifierPlan", "CertifierSpec", "DEFAULT_EPS", "EvalPoint", "EvaluateConfig",
-    "build_points", "evaluate", "parse_eps", "plan_certifiers", "union_levels",
+    "build_points", "evaluate", "parse_eps", "parse_sweeps", "plan_certifiers", "union_levels",
 ]

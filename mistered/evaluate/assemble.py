@@ -77,7 +77,10 @@ def summarize(merged: Merged, points: list[EvalPoint], plans: list[CertifierPlan
     warnings = list(merged.warnings)
     summaries = []
     for point, outcome in zip(points, merged.outcomes):
+        axis = {"axis": point.axis.name, "axis_unit": point.axis.unit, "budget": point.axis.value} if point.axis \
+            else {"axis": None, "axis_unit": None, "budget": None}
         summaries.append({"threat": point.label, "entry": point.entry, "eps": point.eps, "norm": point.norm,
+                          "series": point.series, **axis,
                           "robust_accuracy": fraction(outcome["robust"]), "attacks": outcome["robust_after"],
                           "gradient_free_wins": outcome["wins"], "certified": {}, "exact": None})
         warning = masking_warning(point.label, outcome["wins"], int(clean_correct.sum()))

@@ -1,11 +1,14 @@
-"""The evaluation's outputs: table rows for the terminal and ``robustness.png`` (accuracy against ε)."""
+"""The evaluation's outputs: table rows for the terminal and ``robustness.png`` (accuracy against each swept budget)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["table_columns", "table_rows", "plot_robustness"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["table_columns", "table_rows", "robustness_figure", "plot_robustness"]
 
 
 def _fmt(value: float | None) -> str:
@@ -44,44 +47,57 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def plot_robustness(summary: dict[str, Any], path: Path, title: str = "") -> Path:
-    """Accuracy against ε, one panel per swept norm: the empirical (attack) curve above, GeoCert's exact points,
-    the certified curves below, and clean accuracy as a dotted line. Written with the Agg backend."""
-    import matplotlib
+def robustness_figure(summary: dict[str, Any], title: str = "") -> Figure:
+    """Accuracy against the swept budget, one panel per curve (``series`` of the summary's points; the x axis is
+    the budget that varies, labelled with its name and unit): the empirical (attack) curve, GeoCert's exact points
+    and the certified curves where a certifier ran (additive threats), clean accuracy as a dotted line."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    norms = list(dict.fromkeys(p["norm"] for p in summary["points"] if p["eps"] is not None))
-    fig, axes = plt.subplots(1, max(len(norms), 1), figsize=(5.0 * max(len(norms), 1), 4.0), squeeze=False)
-    for ax, norm in zip(axes[0], norms):
-        points = [p for p in summary["points"] if p["eps"] is not None and p["norm"] == norm]
-        eps = [p["eps"] for p in points]
-        ax.axhline(summary["clean_accuracy"], color="gray", linestyle=":", label="clean")
-        ax.plot(eps, [p["robust_accuracy"] for p in points], "o-", color="tab:red", label="empirical (attacks)")
-        exact = [(p["eps"], p["exact"]["accuracy"]) for p in points if p["exact"] and p["exact"]["accuracy"] is not None]
-        if exact:
-            n_exact = next(p["exact"]["n"] for p in points if p["exact"])
-            ax.plot(*zip(*exact), "D", color="black", markersize=7, label=f"exact (GeoCert, first {n_exact})")
-            on_subset = [(p["eps"], p["exact"]["empirical_on_subset"]) for p in points
-                         if p["exact"] and p["exact"]["accuracy"] is not None]
-            ax.plot(*zip(*on_subset), "o", mfc="none", color="tab:red", markersize=10,
-                    label=f"attacks on the same {n_exact}")
-        methods = list(dict.fromkeys(m for p in points for m in p["certified"]))
-        for method in methods:
-            values = [(p["eps"], p["certified"][method]["accuracy"]) for p in points if method in p["certified"]]
-            ax.plot(*zip(*values), "s--", label=f"certified ({method})")
-        ax.set_xlabel(f"ε ({norm})")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if not norms:
-        axes[0][0].text(0.5, 0.5, "no swept (linf/l2) threat", ha="center", va="center")
+    curves = list(dict.fromkeys(p["series"] for p in summary["points"] if p["series"] is not None))
+    fig = Figure(figsize=(5.0 * max(len(curves), 1), 4.0))
+    axes = fig.subplots(1, max(len(curves), 1), squeeze=False)[0]
+    for ax, curve in zip(axes, curves):
+        points = sorted((p for p in summary["points"] if p["series"] == curve), key=lambda p: p["budget"])
+        _plot_curve(ax, points, summary["clean_accuracy"])
+        axis = points[0]
+        ax.set_xlabel(f"{axis['axis']} ({axis['axis_unit']})")
+        name = curve if len(curve) <= 40 else curve[:39] + "…"
+        ax.set_title(name if curve == axis["axis"] else f"{name}, {axis['axis']} varied", fontsize=9)
+    if not curves:
+        axes[0].text(0.5, 0.5, "no budget swept: give --sweep NAME=v1,v2 or several --threat values\n"
+                     "that differ in one budget (bare linf/l2 are swept over --eps)", ha="center", va="center",
+                     fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _plot_curve(ax: Any, points: list[dict[str, Any]], clean_accuracy: float) -> None:
+    """One panel: ``points`` of one curve sorted by their ``budget``."""
+    budget = [p["budget"] for p in points]
+    ax.axhline(clean_accuracy, color="gray", linestyle=":", label="clean")
+    ax.plot(budget, [p["robust_accuracy"] for p in points], "o-", color="tab:red", label="empirical (attacks)")
+    exact = [(p["budget"], p["exact"]["accuracy"]) for p in points if p["exact"] and p["exact"]["accuracy"] is not None]
+    if exact:
+        n_exact = next(p["exact"]["n"] for p in points if p["exact"])
+        ax.plot(*zip(*exact), "D", color="black", markersize=7, label=f"exact (GeoCert, first {n_exact})")
+        on_subset = [(p["budget"], p["exact"]["empirical_on_subset"]) for p in points
+                     if p["exact"] and p["exact"]["accuracy"] is not None]
+        ax.plot(*zip(*on_subset), "o", mfc="none", color="tab:red", markersize=10,
+                label=f"attacks on the same {n_exact}")
+    for method in dict.fromkeys(m for p in points for m in p["certified"]):
+        values = [(p["budget"], p["certified"][method]["accuracy"]) for p in points if method in p["certified"]]
+        ax.plot(*zip(*values), "s--", label=f"certified ({method})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_robustness(summary: dict[str, Any], path: Path, title: str = "") -> Path:
+    """Write :func:`robustness_figure` to ``path`` (PNG, no display needed); returns ``path``."""
+    fig = robustness_figure(summary, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ..errors import InvalidInputError
 from ..io import atomic_torch_save
 from ..results import finite_or_none, make_record, write_record
 from ..sharding import SINGLE, ProcessGroup, gather_objects, merge_batches, shard_batches
+from ..threats import bind_features
 from ..validation import check_batch, check_logits, model_device
 from .assemble import Merged, merge_chunks, summarize, union_examples
 from .certified import as_certificate, certify_chunk
@@ -39,7 +40,8 @@ class EvaluateConfig:
     """What to evaluate and how hard to try (every field is recorded and part of the resume check).
 
     Attributes:
-        threats: ``--threats`` entries (see :mod:`.points`); eps: ε list per swept norm.
+        threats: ``--threat`` entries (see :mod:`.points`); eps: ε list per swept norm; sweep: values per budget
+            name (``--sweep``, see :mod:`.budgets`), applied to the entries that have that budget.
         certify: certifier names (keys of :data:`~mistered.evaluate.plan.CERTIFIERS`).
         steps, restarts: attack iterations and PGD restarts; autoattack: ``standard|fast|off``;
         square_queries: gradient-free check (0: off); cw: Carlini-Wagner for L2.
@@ -49,6 +51,7 @@ class EvaluateConfig:
 
     threats: tuple[str, ...] = ("linf", "l2")
     eps: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_EPS))
+    sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)
     certify: tuple[str, ...] = tuple(CERTIFIERS)
     steps: int = 20
     restarts: int = 1
@@ -78,7 +81,7 @@ def evaluate(model: nn.Module, data: Any, out_dir: str | Path, config: EvaluateC
              resume: bool = False, model_name: str = "model", device: str | torch.device | None = None,
              certifiers: Mapping[str, CertifierSpec] = CERTIFIERS, on_chunk: Callable[[str], None] | None = None,
              on_batch: Callable[[int], None] | None = None, group: ProcessGroup = SINGLE,
-             inputs: dict[str, Any] | None = None) -> dict[str, Any] | None:
+             inputs: dict[str, Any] | None = None, features: nn.Module | None = None) -> dict[str, Any] | None:
     """Evaluate ``model`` on ``data`` (all of it) and write the report into ``out_dir``.
 
     Writes ``results.json`` (the record returned), ``adversarial.pt`` (``{"x", "labels", "indices",
@@ -101,6 +104,7 @@ def evaluate(model: nn.Module, data: Any, out_dir: str | Path, config: EvaluateC
             runs its batches, rank 0 merges them and writes the files; the others return ``None``.
         inputs: the record's ``inputs`` section (see :func:`mistered.results.input_record`); part of the settings
             a resume must match.
+        features: the feature extractor of ``lpips-net`` budgets (``--lpips-net``), if any threat has one.
 
     Raises:
         UnsoundResultError: a certifier certified an example an attack fooled within the certified radius.
@@ -110,7 +114,8 @@ def evaluate(model: nn.Module, data: Any, out_dir: str | Path, config: EvaluateC
     config.validate()
     started = time.perf_counter()
     dev = resolve_device(device) if device is not None else model_device(model)
-    points = build_points(config.threats, config.eps)
+    points = [replace(p, threat=bind_features(p.threat, model=model, net=features))
+              for p in build_points(config.threats, config.eps, config.sweep)]
     unknown = [m for m in config.certify if m not in certifiers]
     if unknown:  # before any attack runs
         raise InvalidInputError(f"unknown certifier(s) {unknown}; choose from {', '.join(certifiers)}")
@@ -118,6 +123,7 @@ def evaluate(model: nn.Module, data: Any, out_dir: str | Path, config: EvaluateC
         raise InvalidInputError(f"{data.name} holds no examples to evaluate")
     settings = {"model": model_name, "data": data.name, "n": len(data), **asdict(config), "device": str(dev)}
     settings["eps"] = {k: list(v) for k, v in config.eps.items()}
+    settings["sweep"] = {k: list(v) for k, v in config.sweep.items()}
     settings["threats"], settings["certify"] = list(config.threats), list(config.certify)
     out = Path(out_dir)
     state = open_state(out, {**settings, **({"inputs": inputs} if inputs else {})}, resume, group=group)

@@ -94,8 +94,9 @@ class AdditivePerturbation(Perturbation):
             norms = _per_example_l2(self.delta)
             factor = (eps / norms.clamp_min(1e-12)).clamp(max=1.0)
             self.delta.mul_(_broadcast(factor, self.delta))
-        # keep x + delta inside the image box so the reported size is the size actually applied
-        self.delta.copy_((self.reference + self.delta).clamp(0.0, 1.0) - self.reference)
+        # keep x + delta inside the image box so the reported size is the size actually applied (in place: the
+        # same values as (reference + delta).clamp(0, 1) - reference, without allocating)
+        self.delta.add_(self.reference).clamp_(0.0, 1.0).sub_(self.reference)
         return self
 
     def sizes(self) -> dict[str, torch.Tensor]:
