@@ -1,4 +1,5 @@
-"""Build an attack from its CLI name: ``pgd``, ``fgsm``, ``cw``, ``perceptual``, ``autoattack``, ``torchattacks:<Name>``."""
+"""Build an attack from its CLI name: ``pgd``, ``fgsm``, ``cw``, ``ppgd``, ``lpa``, ``fast-lpa``, ``autoattack``,
+``torchattacks:<Name>`` (and ``perceptual``, the deprecated name of ``lpa``)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ from .base import Attack
 
 __all__ = ["ATTACK_NAMES", "build_attack"]
 
-ATTACK_NAMES = ("pgd", "fgsm", "cw", "perceptual", "autoattack", "torchattacks:<Name>")
+ATTACK_NAMES = ("pgd", "fgsm", "cw", "ppgd", "lpa", "fast-lpa", "autoattack", "torchattacks:<Name>")
 
 
 def build_attack(name: str, model: nn.Module, threat: Threat, *, steps: int = 10, restarts: int = 1,
                  seed: int = 0, device=None, distances: tuple[str, ...] | None = None) -> Attack:
     """The attack called ``name`` on ``model`` and ``threat`` with ``steps`` iterations and ``restarts`` restarts.
 
-    ``steps`` is the number of gradient steps (PGD, perceptual; CW: Adam steps per binary-search round;
-    ignored by FGSM and AutoAttack); ``distances`` as in :class:`Attack`. Imports are lazy: each attack module loads only when named.
+    ``steps`` is the number of gradient steps (PGD, PPGD, Fast-LPA; LPA: per round of its multiplier; CW: Adam
+    steps per binary-search round; ignored by FGSM and AutoAttack); ``distances`` as in :class:`Attack`. Imports are lazy: each attack module loads only when named.
     """
     common = {"restarts": restarts, "seed": seed, "device": device, "distances": distances}
     key = name.strip().lower()
@@ -34,6 +35,14 @@ def build_attack(name: str, model: nn.Module, threat: Threat, *, steps: int = 10
         from .cw import CarliniWagnerL2
 
         return CarliniWagnerL2(model, threat, steps=steps, **common)
+    if key == "ppgd":
+        from .ppgd import PPGD
+
+        return PPGD(model, threat, steps=steps, **common)
+    if key in ("lpa", "fast-lpa"):
+        from .lpa import LPA, FastLPA
+
+        return (LPA if key == "lpa" else FastLPA)(model, threat, steps=steps, **common)
     if key == "perceptual":
         from .perceptual import PerceptualAttack
 

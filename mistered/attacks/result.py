@@ -97,7 +97,8 @@ class AttackResult:
 
     @classmethod
     def cat(cls, results: list[AttackResult]) -> AttackResult:
-        """Concatenate the results of consecutive batches into one (sizes missing in a batch become NaN)."""
+        """Concatenate the results of consecutive batches into one (sizes missing in a batch become NaN; the integer
+        counts of ``info``, e.g. ``bound_violations``, are summed)."""
         if not results:
             raise ValueError("AttackResult.cat needs at least one result")
 
@@ -117,7 +118,7 @@ class AttackResult:
             success=torch.cat([r.success for r in results]),
             distances=cat_dicts([r.distances for r in results]), sizes=cat_dicts([r.sizes for r in results]),
             alternative=torch.cat([r.alternative for r in results]), targets=targets,
-            seconds=sum(r.seconds for r in results),
+            seconds=sum(r.seconds for r in results), info=_sum_counts([r.info for r in results]),
         )
 
     def to_json(self) -> list[dict[str, Any]]:
@@ -138,3 +139,13 @@ class AttackResult:
                 row["target"] = int(self.targets[i])
             rows.append(row)
         return rows
+
+
+def _sum_counts(infos: list[dict[str, Any]]) -> dict[str, int]:
+    """The integer entries of several ``info`` dicts, summed key by key (other entries describe one batch only)."""
+    counts: dict[str, int] = {}
+    for info in infos:
+        for key, value in info.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                counts[key] = counts.get(key, 0) + value
+    return counts

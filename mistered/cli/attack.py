@@ -45,6 +45,8 @@ def summarize(result) -> dict[str, float | int | None]:
     for name in ("lpips", "dssim", "linf", "l2"):
         values = result.distances.get(name)
         summary[f"mean_{name}"] = float(values[fooled].mean()) if values is not None and int(fooled.sum()) else None
+    if "bound_violations" in result.info:
+        summary["bound_violations"] = int(result.info["bound_violations"])
     return summary
 
 
@@ -72,7 +74,8 @@ def build_threat(specs: tuple[str, ...], eps: tuple[str, ...]):
 @threat_option(default=("combined",), extra_help=" Several: the worst case over them, per example.")
 @eps_option(extra_help=" Here one value: the radius of a bare linf or l2 threat.")
 @click.option("--attack", default="pgd", show_default=True,
-              help="pgd | fgsm | cw | perceptual | autoattack | torchattacks:<Name>.")
+              help="pgd | fgsm | cw | ppgd | lpa | fast-lpa | autoattack | torchattacks:<Name> (perceptual: a "
+                   "deprecated alias of lpa). ppgd/lpa/fast-lpa need a perceptual bound, e.g. combined.")
 @click.option("--steps", default=10, show_default=True, type=int, help="Attack iterations.")
 @click.option("--restarts", default=1, show_default=True, type=int, help="Random restarts per alternative.")
 @lpips_net_option()
@@ -114,13 +117,24 @@ def attack(**options: Any) -> None:
                 key = f"attack|{index * batch_size}-{index * batch_size + len(y)}"
                 payloads[index] = state.load(key)
                 if payloads[index] is None:
-                    payloads[index] = _payload(attacker(x.to(run.device), y.to(run.device)))
+                    payloads[index] = _payload(_checked(attacker, x.to(run.device), y.to(run.device)))
                     state.save(key, payloads[index])
                 bar.advance(len(y))
         batches = merge_batches(gather_objects(payloads, run.group), -(-len(data) // batch_size))
         if run.group.is_main:
             _report(run, batches, data, threat, settings, resolved,
                     {"setup": setup_seconds, "total": time.perf_counter() - started})
+
+
+def _checked(attacker, x, y):
+    """The attack's result on one batch with ``info["bound_violations"]``: how many returned examples lie outside
+    their threat's budgets, re-measured (0 unless an attack is wrong; the perceptual attacks count it themselves)."""
+    from ..attacks import bound_violations
+
+    result = attacker(x, y)
+    if "bound_violations" not in result.info:
+        result.info["bound_violations"] = int(bound_violations(result, attacker.threat).sum())
+    return result
 
 
 def _distances(sample_shape: tuple[int, ...]) -> tuple[str, ...]:

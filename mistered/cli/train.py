@@ -42,9 +42,12 @@ _DEFAULT_ARCH = {"linf-dist": "linf-dist-net", "linf-dist-hybrid": "linf-dist-hy
 @click.option("--strategy", type=click.Choice(["random", "avg", "max"]), default="max", show_default=True,
               help="How several threats (or a Union's alternatives) combine per batch.")
 @click.option("--sigma", type=float, default=None, help="smoothing: the Gaussian noise level (pixel units of [0, 1] images).")
-@click.option("--method", type=click.Choice(["standard", "adversarial", "lmt", "linf-dist", "linf-dist-hybrid", "smoothing"]),
-              default=None, help="Training method [default: adversarial with --threat, else standard]. linf-dist "
-                                 "with --model linf-dist-hybrid is linf-dist-hybrid (IBP loss on the head).")
+@click.option("--method", type=click.Choice(["standard", "adversarial", "pat", "lmt", "linf-dist", "linf-dist-hybrid",
+                                            "smoothing"]),
+              default=None, help="Training method [default: adversarial with --threat, else standard]. pat: perceptual "
+                                 "adversarial training (Fast-LPA; --threat with a perceptual bound, default "
+                                 "'linf(0.3)|lpips-self<=0.5'). linf-dist with --model linf-dist-hybrid is "
+                                 "linf-dist-hybrid (IBP loss on the head).")
 @click.option("--epochs", type=int, default=3, show_default=True,
               help="Epochs to train (with --resume: may be raised to extend the run).")
 @click.option("--width", type=int, default=None,
@@ -58,7 +61,8 @@ _DEFAULT_ARCH = {"linf-dist": "linf-dist-net", "linf-dist-hybrid": "linf-dist-hy
               help="L2 penalty of the optimizer [default: 5e-4; 0 for lmt and linf-dist].")
 @click.option("--shift", type=int, default=0, show_default=True, help="Augment: random translations of up to N pixels.")
 @click.option("--schedule", type=click.Choice(["cosine", "multistep", "constant"]), default="cosine", show_default=True)
-@click.option("--attack-steps", type=int, default=7, show_default=True, help="PGD steps of adversarial training.")
+@click.option("--attack-steps", type=int, default=7, show_default=True,
+              help="PGD steps of adversarial training (pat: Fast-LPA steps).")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True,
               help="Also checkpoint every N steps (0: epoch ends only).")
 @click.option("--n-train", type=int, default=None, hidden=True, help="Deprecated: --n.")
@@ -82,9 +86,12 @@ def train(**options: Any) -> None:
     from ..models.linf_dist.nets import set_linf_dist_compiled
     from ..threats import Union, parse_threat
     from ..train import TrainConfig, build_objective, default_method, fit
+    from ..train.pat import DEFAULT_PAT_THREAT
 
     parsed = [parse_threat(spec) for spec in options["threat"]]
     method = options["method"] or default_method(parsed)
+    if method == "pat" and not parsed:
+        parsed = [parse_threat(DEFAULT_PAT_THREAT)]
     if method == "linf-dist" and options["model"] == "linf-dist-hybrid":
         method = "linf-dist-hybrid"  # the hybrid's L-inf-dist training: the p-relaxation plus IBP through the head
     objective_options = _objective_options(method, options)

@@ -6,7 +6,8 @@ restarts), Carlini-Wagner for L2, torchattacks' AutoAttack (``"standard"``: the 
 is what fits a CPU; ``"off"``), then the gradient-free Square attack. Each attack runs only on the
 examples the earlier ones did not fool, so the ensemble costs little more than its first member and
 any example Square fools is one every gradient attack missed (a sign of gradient masking). Other
-threats (geometric, flow, chains) get PGD with restarts.
+threats (geometric, flow, chains) get PGD with restarts, then, when every alternative has a perceptual bound
+(``...|lpips<=b``), the Lagrangian perceptual attack (LPA, Laidlaw et al. 2021), far stronger there than PGD.
 
 The verdict is the model's prediction on the kept adversarial examples (one eval-mode forward pass),
 so re-running the model on the saved ``x_adv`` reproduces the reported accuracy exactly.
@@ -27,6 +28,7 @@ from ..attacks import Attack, build_attack
 from ..attacks.torchattacks_adapter import TorchattacksAttack
 from ..errors import InvalidInputError
 from ..threats import Additive, Threat
+from ..threats.perceptual import PerceptualBudget
 from .state import RunState
 
 __all__ = ["AUTOATTACK_MODES", "EnsembleMember", "build_ensemble", "attack_chunk", "predict"]
@@ -64,6 +66,8 @@ def build_ensemble(model: nn.Module, threat: Threat, num_classes: int, image_siz
     common = {"seed": seed, "device": device, "distances": _DISTANCES}
     members = [EnsembleMember("pgd", build_attack("pgd", model, threat, steps=steps, restarts=restarts, **common))]
     if not isinstance(threat, Additive):
+        if all(isinstance(alternative, PerceptualBudget) for alternative in threat.alternatives()):
+            members.append(EnsembleMember("lpa", build_attack("lpa", model, threat, steps=steps, **common)))
         return members
     if cw and threat.norm == "l2":
         members.append(EnsembleMember("cw", build_attack("cw", model, threat, steps=steps, **common)))

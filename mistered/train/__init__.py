@@ -1,4 +1,4 @@
-"""Training: standard and adversarial (any threat, several at once), LMT, L∞-dist, Gaussian noise (smoothing);
+"""Training: standard and adversarial (any threat, several at once), perceptual adversarial (PAT), LMT, L∞-dist, Gaussian noise (smoothing);
 resumable; distributed.
 
 The loop (:func:`fit`) is generic over an :class:`Objective`; :func:`build_objective` makes one by
@@ -14,10 +14,11 @@ from .evaluation import held_out_accuracy
 from .loop import TrainConfig, TrainResult, fit
 from .methods import METHODS, build_objective, default_method
 from .objectives import Objective
+from .pat import PerceptualAdversarialObjective
 from .strategies import STRATEGIES
 
 __all__ = [
-    "Objective", "StandardObjective", "AdversarialObjective", "attack_batch", "build_objective", "default_method",
+    "Objective", "StandardObjective", "AdversarialObjective", "PerceptualAdversarialObjective", "attack_batch", "build_objective", "default_method",
     "METHODS", "STRATEGIES", "TrainConfig", "TrainResult", "fit", "held_out_accuracy", "load_checkpoint",
     "save_checkpoint", "DistContext", "init_distributed", "shutdown_distributed",
 ]

@@ -19,7 +19,7 @@ from ..threats.base import Threat
 from .distributed import unwrap_model
 from .strategies import check_strategy, choose_random, combine_adversarial
 
-__all__ = ["StandardObjective", "AdversarialObjective", "attack_batch"]
+__all__ = ["StandardObjective", "AdversarialObjective", "attack_batch", "draw_seed"]
 
 
 class StandardObjective:
@@ -55,7 +55,7 @@ def attack_batch(
     return attack.attack(x, y).x_adv.detach()
 
 
-def _draw_seed(generator: torch.Generator) -> int:
+def draw_seed(generator: torch.Generator) -> int:
     return int(torch.randint(2**62, (1,), generator=generator).item())
 
 
@@ -99,7 +99,7 @@ class AdversarialObjective:
         if self.strategy == "random" and len(chosen) > 1:
             chosen = (chosen[choose_random(len(chosen), self.generator)],)
         candidates = [
-            attack_batch(net, threat, x, y, self.steps, self.restarts, _draw_seed(self.generator), self.early_stop)
+            attack_batch(net, threat, x, y, self.steps, self.restarts, draw_seed(self.generator), self.early_stop)
             for threat in chosen
         ]
         strategy = "max" if len(candidates) == 1 else self.strategy

@@ -1,4 +1,4 @@
-"""Training methods by name: ``standard``, ``adversarial``, ``lmt``, ``linf-dist``, ``linf-dist-hybrid``,
+"""Training methods by name: ``standard``, ``adversarial``, ``pat``, ``lmt``, ``linf-dist``, ``linf-dist-hybrid``,
 ``smoothing`` -> an Objective.
 
 LMT, L∞-dist and smoothing objectives are imported only when asked for (they pull in :mod:`mistered.certify`).
@@ -30,7 +30,9 @@ _LAZY: dict[str, str] = {
 _TAKES_GENERATOR = frozenset({"smoothing"})
 #: options a method cannot do without, with how to give them on the command line
 _REQUIRED = {"smoothing": {"sigma": "--sigma, the noise level in pixel units, e.g. 0.25"}}
-METHODS: tuple[str, ...] = ("standard", "adversarial", *_LAZY)
+#: methods that train against a threat (``pat``: perceptual adversarial training, :mod:`mistered.train.pat`)
+_THREAT_METHODS = ("adversarial", "pat")
+METHODS: tuple[str, ...] = ("standard", *_THREAT_METHODS, *_LAZY)
 
 
 def default_method(threats: Sequence[Threat]) -> str:
@@ -51,8 +53,10 @@ def build_objective(
 
     Args:
         method: one of :data:`METHODS`.
-        threats: the threats of adversarial training (required for, and only for, ``"adversarial"``).
-        strategy, attack_steps: see :class:`~mistered.train.adversarial.AdversarialObjective`.
+        threats: the threats of adversarial training (required for, and only for, ``"adversarial"`` and ``"pat"``;
+            for ``"pat"`` each with a perceptual bound).
+        strategy, attack_steps: see :class:`~mistered.train.adversarial.AdversarialObjective` (``"pat"``: Fast-LPA
+            steps; its threats combine as a union, the worst per example, i.e. ``strategy="max"`` only).
         generator: the training loop's generator: adversarial training draws its attacks' seeds from it,
             smoothing its noise.
         **options: keyword options of the LMT / L∞-dist / smoothing objective (e.g. ``c``, ``pairwise`` for LMT;
@@ -64,18 +68,24 @@ def build_objective(
     """
     if method not in METHODS:
         raise InvalidInputError(f"unknown training method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "adversarial":
+    if method in _THREAT_METHODS:
         if not threats:
-            raise InvalidInputError("adversarial training needs a threat: pass --threat (e.g. --threat linf)")
+            raise InvalidInputError(f"{method} training needs a threat: pass --threat (e.g. --threat linf)")
     elif threats:
         raise InvalidInputError(f"method {method!r} does not train against a threat; drop --threat or use --method adversarial")
-    if method in ("standard", "adversarial") and options:
+    if method in ("standard", *_THREAT_METHODS) and options:
         raise InvalidInputError(
             f"method {method!r} takes no options {sorted(options)} (they belong to {', '.join(_LAZY)})")
     if method == "standard":
         return StandardObjective()
     if method == "adversarial":
         return AdversarialObjective(threats, strategy=strategy, steps=attack_steps, generator=generator)
+    if method == "pat":
+        if strategy != "max":
+            raise InvalidInputError(f"pat trains on the worst of its threats per example (--strategy max), got {strategy!r}")
+        from .pat import PerceptualAdversarialObjective
+
+        return PerceptualAdversarialObjective(threats, steps=attack_steps, generator=generator)
     missing = [f"{name} ({how})" for name, how in _REQUIRED.get(method, {}).items() if name not in options]
     if missing:
         raise InvalidInputError(f"method {method!r} needs {', '.join(missing)}")
