@@ -60,8 +60,8 @@ def test_geocert_searches_give_the_same_exact_radii_and_are_recorded(tmp_path):
     assert (tmp_path / "branch" / "radii.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("choice,recorded", [([], "branch"), (["--search", "regions"], "regions")])
-def test_geocert_l2_search_is_branch_by_default_and_regions_on_request(tmp_path, choice, recorded):
+@pytest.mark.parametrize("choice,recorded", [([], "regions"), (["--search", "branch"], "branch")])
+def test_the_geocert_alias_searches_regions_by_default_and_branch_on_request(tmp_path, choice, recorded):
     result = CliRunner().invoke(main, ["certify", "--method", "geocert", "--norm", "l2", "--n", "1",
                                        "--time-limit", "0.5", "--out", str(tmp_path), *choice])
     assert result.exit_code == 0, result.output

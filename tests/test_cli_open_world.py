@@ -27,7 +27,7 @@ def tiny_net(width=16, num_classes=3):
 
 
 class TinyNet(nn.Module):
-    """The same net behind a forward() of its own: certifiers cannot read its layers."""
+    """The same net behind a forward() of its own: certifiers read it through its traced graph."""
 
     def __init__(self, width=16, num_classes=3):
         super().__init__()
@@ -35,6 +35,13 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class SquashedNet(TinyNet):
+    """The same net with a sigmoid on its logits: no certifier here bounds a sigmoid."""
+
+    def forward(self, x):
+        return torch.sigmoid(self.net(x))
 '''
 MEAN, STD = "0.5,0.4,0.3", "0.25,0.25,0.25"
 QUICK = {
@@ -113,12 +120,26 @@ def test_geocert_certifies_the_users_model_exactly(user_files, tmp_path):
     assert [row["status"] in ("exact", "misclassified") for row in rows] == [True, True]
 
 
-@pytest.mark.parametrize("command", ["certify", "lipschitz"])
-def test_a_model_whose_layers_a_certifier_cannot_read_is_named_in_one_line(user_files, tmp_path, command):
+def _wrapped_weights(user_files, tmp_path):
     weights = tmp_path / "wrapped.pt"
     torch.save({f"net.{k}": v for k, v in torch.load(user_files / "weights.pt", weights_only=True).items()}, weights)
-    args = [command, "--model", f"{user_files / 'model.py'}:TinyNet", "--weights", str(weights), "--data",
-            str(user_files / "images"), *QUICK[command], "--quiet", "--out", str(tmp_path / "run")]
+    return weights
+
+
+@pytest.mark.parametrize("command", ["certify", "lipschitz"])
+def test_a_model_with_its_own_forward_is_certified_through_its_traced_graph(user_files, tmp_path, command):
+    args = [command, "--model", f"{user_files / 'model.py'}:TinyNet", "--weights", str(_wrapped_weights(user_files, tmp_path)),
+            "--data", str(user_files / "images"), *QUICK[command], "--quiet", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["summary"]
+
+
+@pytest.mark.parametrize("command", ["certify", "lipschitz"])
+def test_an_operation_a_certifier_cannot_bound_is_named_in_one_line(user_files, tmp_path, command):
+    args = [command, "--model", f"{user_files / 'model.py'}:SquashedNet", "--weights",
+            str(_wrapped_weights(user_files, tmp_path)), "--data", str(user_files / "images"), *QUICK[command],
+            "--quiet", "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(main, args)
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and "TinyNet" in lines[0], result.output
+    assert result.exit_code == 2 and len(lines) == 1 and "sigmoid" in lines[0], result.output

@@ -118,5 +118,5 @@ def test_seeding_with_an_upper_bound_keeps_the_exact_radius():
 
 def test_unsupported_layer_is_named():
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
-    with pytest.raises(UnsupportedLayerError, match=r"layer 1 \(Tanh\)"):
+    with pytest.raises(UnsupportedLayerError, match=r"nn\.Tanh \(module '1'\)"):
         PiecewiseLinearNet.from_module(model, (4,))

@@ -46,7 +46,7 @@ _PUBLIC = {
     "margin_bounds": ("mistered.certify.bounds", "margin_lower_bounds"),
     "certified_radius": ("mistered.certify.bounds", "certified_radius"),
     "certify_bounds": ("mistered.certify.bounds", "certify_bounds"),
-    "exact_distance": ("mistered.certify.exact.geocert", "certify_geocert"),
+    "exact_distance": ("mistered.certify.exact", "exact_distance"),
     "estimate_lipschitz": ("mistered.certify.lipschitz.local.estimators", "estimate_lipschitz"),
     "smooth": ("mistered.certify.smoothing", "smooth"),
 }

@@ -4,13 +4,16 @@ Methods (one entry of :data:`METHODS` each, with its default model, norm, radii 
 
 * ``lmt``: Lipschitz-margin L2 radii (one forward pass; the bound is computed once);
 * ``linf-dist``: L∞ radii ``margin / 2`` of an L∞-dist net;
-* ``geocert``: exact minimal distances (slow; a few examples);
+* ``exact``: exact minimal distances (slow; a few examples) of any piecewise-linear ReLU network, by the search
+  ``--search`` names: ``regions`` (GeoCert through the linear regions), ``branch`` (branch and bound over ReLU
+  splits), ``mip`` (one MILP per class; L∞/L1), ``auto`` (the faster per norm); ``geocert`` is its deprecated
+  alias (``--search regions`` unless ``--search`` is given);
 * ``smoothing``: randomized smoothing's probabilistic L2 radii (any model; forward passes only);
 * ``ibp``, ``crown``, ``alpha-crown``: the bound engine on the traced graph of any supported network
   (:mod:`mistered.certify.bounds`), in L∞, L2 or L1.
 
 The fast methods stream the examples in batches and print certified accuracy at each ``--eps``; every method
-writes ``results.json``, ``config.yaml`` and a plot. Finished batches (GeoCert: examples) are saved under
+writes ``results.json``, ``config.yaml`` and a plot. Finished batches (exact: examples) are saved under
 ``state/`` so ``--resume`` skips them.
 """
 
@@ -182,12 +185,12 @@ def _run_fast(run: Run, model, data, eps_list: list[float], resolved: dict[str, 
     Console().print(f"wrote {json_path} and {png_path}")
 
 
-def _run_geocert(run: Run, model, data, eps_list: list[float], resolved: dict[str, Any]) -> None:
-    from .certify_geocert import run_geocert
+def _run_exact(run: Run, model, data, eps_list: list[float], resolved: dict[str, Any]) -> None:
+    from .certify_geocert import run_exact
 
-    record = run_geocert(run, model, data, resolved)
+    record = run_exact(run, model, data, resolved)
     search = record["settings"]["search"]
-    table = Table(title=f"GeoCert ({record['settings']['norm']}, {search} search)")
+    table = Table(title=f"exact distance ({record['settings']['norm']}, {search} search)")
     searched = "regions" if search == "regions" else "nodes"
     for column in ("#", "label", "pred", "status", "radius", "upper", searched, "seconds"):
         table.add_column(column)
@@ -203,25 +206,39 @@ def _run_geocert(run: Run, model, data, eps_list: list[float], resolved: dict[st
 METHODS: dict[str, MethodSpec] = {
     "lmt": MethodSpec("mnist-lmt", "l2", (0.1, 0.3, 0.5, 1.0), None, _run_fast),
     "linf-dist": MethodSpec("mnist-linf-dist", "linf", (0.1, 0.2, 0.3), None, _run_fast),
-    "geocert": MethodSpec("mnist-fc", "l2", (), 3, _run_geocert),
+    "exact": MethodSpec("mnist-fc", "l2", (), 3, _run_exact),
+    "geocert": MethodSpec("mnist-fc", "l2", (), 3, _run_exact),  # deprecated: exact --search regions
     "smoothing": MethodSpec("mnist-cnn", "l2", (0.25, 0.5, 0.75, 1.0), 100, _run_fast),
     **{name: MethodSpec("mnist-cnn", "linf", BOUND_EPS["linf"], 100, _run_fast) for name in BOUND_METHODS},
 }
 #: Methods that take any --norm (the others certify one norm only).
-ANY_NORM = ("geocert", *BOUND_METHODS)
+ANY_NORM = ("exact", "geocert", *BOUND_METHODS)
+#: Methods that report each example's exact radius (no --eps).
+EXACT_METHODS = ("exact", "geocert")
+
+
+def _deprecated_geocert(search: str | None) -> str:
+    """``--method geocert``: warn with the new spelling; it means ``--search regions`` unless one was given."""
+    search = search or "regions"
+    click.echo(f"warning: --method geocert is deprecated; use --method exact --search {search} (geocert now runs "
+               "--search regions, GeoCert through the linear regions, unless --search says otherwise)", err=True)
+    return search
 
 
 @click.command("certify")
 @click.option("--method", type=click.Choice(list(METHODS)), default="lmt", show_default=True)
 @eps_option(extra_help=" Certified accuracy at each [default: lmt 0.1,0.3,0.5,1; linf-dist 0.1,0.2,0.3; smoothing "
-            "0.25,0.5,0.75,1; ibp/crown/alpha-crown linf 0.005,0.01,0.02, l2 0.1,0.25,0.5, l1 0.5,1,2]; geocert reports "
+            "0.25,0.5,0.75,1; ibp/crown/alpha-crown linf 0.005,0.01,0.02, l2 0.1,0.25,0.5, l1 0.5,1,2]; exact reports "
             "each example's exact radius.")
 @click.option("--norm", type=click.Choice(["l1", "l2", "linf"]), default=None,
-              help="geocert: norm [l2]; ibp/crown/alpha-crown: norm [linf]; lmt and smoothing are l2, linf-dist linf.")
-@click.option("--time-limit", type=float, default=20.0, show_default=True, help="geocert: seconds per example.")
-@click.option("--search", type=click.Choice(["auto", "regions", "branch"]), default="auto", show_default=True,
-              help="geocert: through the linear regions, or branch and bound over ReLU splits (same exact radius); "
-                   "auto = what the benchmark measured faster per norm (today branch and bound).")
+              help="exact: norm [l2]; ibp/crown/alpha-crown: norm [linf]; lmt and smoothing are l2, linf-dist linf.")
+@click.option("--time-limit", type=float, default=20.0, show_default=True,
+              help="exact: seconds per example; a search that reaches it reports its proved lower bound and best "
+                   "adversarial distance (status timeout).")
+@click.option("--search", type=click.Choice(["auto", "regions", "branch", "mip"]), default=None,
+              help="exact: through the linear regions (GeoCert), branch and bound over ReLU splits, or one MILP per "
+                   "class (linf/l1) - the same exact radius; auto (the default) = what the benchmark measured faster "
+                   "per norm (today branch and bound).")
 @click.option("--compile/--no-compile", "compile", default=False, show_default=True,
               help="linf-dist: the compiled p = inf kernel of the L-inf-dist layers (same radii; pays ~2-4 s of "
                    "compiling per layer width, so it wins only on large test sets; falls back to the eager kernel "
@@ -232,12 +249,16 @@ ANY_NORM = ("geocert", *BOUND_METHODS)
 @click.option("--alpha", type=float, default=0.001, show_default=True, help="smoothing: each radius fails with probability at most alpha.")
 @click.option("--noise-batch", type=int, default=1000, show_default=True, help="smoothing: noisy inputs per forward pass.")
 @model_options(default="the method's bundled model: mnist-lmt, mnist-linf-dist or mnist-fc")
-@data_options(n_default=None, n_note="; 3 for geocert")
+@data_options(n_default=None, n_note="; 3 for exact")
 @run_options(batch_size=500)
 def certify(**options: Any) -> None:
-    """Certify robustness: LMT (L2), L∞-dist nets (L∞), GeoCert (exact), randomized smoothing (L2), or the bound
-    engine (IBP, CROWN, α-CROWN) on any traced network."""
+    """Certify robustness: LMT (L2), L∞-dist nets (L∞), exact minimal distances, randomized smoothing (L2), or the
+    bound engine (IBP, CROWN, α-CROWN) on any traced network."""
     method = options["method"]
+    if method == "geocert":
+        options["search"] = _deprecated_geocert(options["search"])
+    elif options["search"] is not None and method != "exact":
+        raise InvalidInputError(f"--search applies to --method exact, not {method}")
     spec = METHODS[method]
     check_positive(n=options["n"], batch_size=options["batch_size"])
     norm = options["norm"]
@@ -245,9 +266,11 @@ def certify(**options: Any) -> None:
         raise InvalidInputError(f"--method {method} certifies the {spec.norm} norm only, got --norm {norm}")
     norm = norm or spec.norm
     eps_list = list(parse_radii(options["eps"]) or (BOUND_EPS[norm] if method in BOUND_METHODS else spec.eps))
-    if method == "geocert" and eps_list:
-        raise InvalidInputError("--eps applies to lmt and linf-dist; geocert reports each example's exact radius")
-    if method == "geocert" and not options["time_limit"] > 0:
+    if method in EXACT_METHODS and eps_list:
+        raise InvalidInputError(f"--eps does not apply to --method {method}: it reports each example's exact radius")
+    if options["search"] == "mip" and norm == "l2":
+        raise InvalidInputError("--search mip handles --norm linf or l1 (L2 needs a MIQP); use --search branch")
+    if method in EXACT_METHODS and not options["time_limit"] > 0:
         raise InvalidInputError(f"--time-limit must be positive seconds, got {options['time_limit']}")
     if method == "smoothing" and options["sigma"] is None:
         raise InvalidInputError("--method smoothing needs --sigma, the noise level the model was trained with (e.g. 0.25)")

@@ -1,7 +1,8 @@
-"""The work behind ``mistered certify --method geocert``: exact radii, results.json and a histogram.
+"""The work behind ``mistered certify --method exact`` (and its deprecated alias ``geocert``): exact radii,
+results.json and a histogram.
 
-GeoCert certifies a handful of examples (the selection is small), one at a time: each finished example is saved
-under ``state/`` so ``--resume`` skips it, and the progress counts examples.
+An exact search certifies a handful of examples (the selection is small), one at a time: each finished example is
+saved under ``state/`` so ``--resume`` skips it, and the progress counts examples.
 """
 
 from __future__ import annotations
@@ -12,32 +13,34 @@ from typing import Any
 
 import torch
 
-from ..certify.exact.geocert import AUTO_SEARCH, certify_geocert
+from ..certify.exact import AUTO_SEARCH, exact_distance
 from ..results import finite_or_none, make_record
 
-__all__ = ["run_geocert"]
+__all__ = ["run_exact"]
 
 
-def run_geocert(run: Any, model: torch.nn.Module, data: Any, resolved: dict[str, Any]) -> dict[str, Any]:
+def run_exact(run: Any, model: torch.nn.Module, data: Any, resolved: dict[str, Any]) -> dict[str, Any]:
     """Certify every example of ``data`` (a small selection) exactly; write results.json, config.yaml and
     radii.png into ``run.out`` (a :class:`~mistered.cli.common.Run`); returns the record.
 
-    ``--seed`` is recorded only (GeoCert is deterministic); ``--time-limit`` is per example, in seconds;
-    ``--search``: "regions", "branch" or "auto" (see :func:`~mistered.certify.exact.geocert.certify_geocert`).
+    ``--seed`` is recorded only (the searches are deterministic); ``--time-limit`` is per example, in seconds;
+    ``--search``: "regions", "branch", "mip" or "auto" (``None``: auto; see
+    :func:`~mistered.certify.exact.exact_distance`).
     """
     from ..evaluate.state import open_state
 
     norm, time_limit = resolved["norm"], run.options["time_limit"]
-    search = AUTO_SEARCH[norm] if run.options["search"] == "auto" else run.options["search"]
+    search = run.options["search"] or "auto"
+    search = AUTO_SEARCH[norm] if search == "auto" else search
     resolved = {**resolved, "search": search}
-    settings = run.settings(resolved, method="geocert")
+    settings = run.settings(resolved, method="exact")
     state = open_state(run.out, {"settings": settings, "inputs": run.inputs}, run.resuming, what="certification")
     start = time.perf_counter()
     indices = [int(i) for i in getattr(data, "indices", range(len(data)))]
     examples = []
-    with run.progress(f"geocert ({norm})", len(data)) as bar:
+    with run.progress(f"exact ({norm}, {search})", len(data)) as bar:
         for position in range(len(data)):
-            key = f"geocert|{position}"
+            key = f"exact|{position}"
             row = state.load(key)
             if row is None:
                 x, y = data.get_batch([position])
@@ -63,8 +66,8 @@ def run_geocert(run: Any, model: torch.nn.Module, data: Any, resolved: dict[str,
 
 def _certify_one(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, time_limit: float,
                  search: str) -> dict[str, Any]:
-    """GeoCert on one example ``x`` ``(1, C, H, W)``: its JSON row (radius ``None`` where not finite)."""
-    cert = certify_geocert(model, x, y, norm=norm, time_limit=time_limit, search=search)
+    """The exact search on one example ``x`` ``(1, C, H, W)``: its JSON row (radius ``None`` where not finite)."""
+    cert = exact_distance(model, x, y, norm, search=search, time_limit=time_limit)
     row = cert.to_json()[0]
     seed_distance = cert.details["seed_distance"][0]
     row.update(n_regions=cert.details["n_regions"][0], n_lp_solves=cert.details["n_lp_solves"][0],
@@ -83,7 +86,7 @@ def _histogram(radii: list[float], norm: str, path: Path) -> Path:
     ax.hist(radii, bins=max(5, len(radii) // 2) if radii else 5, color="tab:blue")
     ax.set_xlabel(f"minimal adversarial distance ({norm})")
     ax.set_ylabel("examples")
-    ax.set_title("GeoCert exact radii")
+    ax.set_title("exact radii")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..certify.certificate import Certificate
 from ..errors import InvalidInputError, UnsupportedLayerError
-from ..validation import describe_model, model_device
+from ..validation import describe_model
 
 __all__ = ["CertifierSpec", "CertifierPlan", "CERTIFIERS", "MAX_GEOCERT_RELUS", "plan_certifiers"]
 
@@ -67,10 +67,10 @@ class CertifierPlan:
 
 
 def _lmt_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-    from ..certify.lipschitz.global_bound import LipschitzBound
+    from ..certify.lipschitz.graph_bound import bound_for_model
 
     try:
-        LipschitzBound(model, input_shape)
+        bound_for_model(model, input_shape)
     except (UnsupportedLayerError, InvalidInputError) as error:
         return f"no Lipschitz bound for this model: {error}"
     return None
@@ -94,44 +94,34 @@ def _linf_dist_build(model: nn.Module, norm: str, time_limit: float) -> CertifyF
     return lambda x, y: certify_linf_dist(model, x, y)
 
 
-def _count_relus(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    counts: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: counts.append(out[0].numel()))
-             for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=model_device(model)))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return sum(counts)
-
-
 def _geocert_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-    from ..certify.graph.piecewise import PiecewiseLinearNet, check_piecewise_model
+    from ..certify.exact import relu_neurons
+    from ..certify.graph.piecewise import check_piecewise_model
+    from ..certify.graph.piecewise_lowering import lower_module
+    from ..certify.graph.trace import trace_graph
 
     try:
-        relus = _count_relus(check_piecewise_model(model), input_shape)
+        relus = relu_neurons(trace_graph(check_piecewise_model(model), input_shape))
         if relus > MAX_GEOCERT_RELUS:
             return (f"{relus} ReLUs is too many for an exact search (at most {MAX_GEOCERT_RELUS}); "
                     "use a small fully connected net such as mnist-fc")
-        PiecewiseLinearNet.from_module(model, input_shape)
+        lower_module(model, input_shape, domain=(0.0, 1.0))
     except (UnsupportedLayerError, InvalidInputError) as error:
         return f"not a piecewise-linear ReLU net: {error}"
     return None
 
 
 def _geocert_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
-    from ..certify.exact.geocert import certify_geocert
-    from ..certify.graph.piecewise import PiecewiseLinearNet
+    from ..certify.exact import PIXEL_DOMAIN, exact_distance
+    from ..certify.graph.piecewise import PiecewiseLinearNet, as_plnet
 
     nets: dict[tuple[int, ...], PiecewiseLinearNet] = {}
 
     def certify(x: torch.Tensor, y: torch.Tensor) -> Certificate:
         shape = tuple(x.shape[1:])
         if shape not in nets:
-            nets[shape] = PiecewiseLinearNet.from_module(model, shape)
-        return certify_geocert(nets[shape], x, y, norm=norm, time_limit=time_limit)
+            nets[shape] = as_plnet(model, shape, PIXEL_DOMAIN)
+        return exact_distance(nets[shape], x, y, norm=norm, time_limit=time_limit)
 
     return certify
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..certify.lipschitz.global_bound import LipschitzBound
+from ..certify.lipschitz.graph_bound import GraphLipschitzBound, bound_for_model
 from ..certify.lipschitz.lmt import pairwise_row_norms
 from ..validation import check_nonnegative
 from ..errors import InvalidInputError
@@ -42,7 +43,7 @@ class LMTObjective:
         if self.warmup > 1:
             raise InvalidInputError(f"LMT warmup is a fraction of training in [0, 1], got {warmup}")
         self.pairwise = pairwise
-        self._bound: LipschitzBound | None = None
+        self._bound: LipschitzBound | GraphLipschitzBound | None = None
         self._key: tuple[int, tuple[int, ...]] | None = None
         self._pending_state: dict[str, torch.Tensor] = {}
 
@@ -63,12 +64,14 @@ class LMTObjective:
             return self.c
         return self.c * min(1.0, max(0.0, progress) / self.warmup)
 
-    def bound_for(self, model: nn.Module, input_shape: tuple[int, ...]) -> LipschitzBound:
-        """The (cached) :class:`LipschitzBound` of ``model`` (a DDP wrapper is looked through)."""
+    def bound_for(self, model: nn.Module, input_shape: tuple[int, ...]) -> LipschitzBound | GraphLipschitzBound:
+        """The (cached) Lipschitz bound module of ``model`` (a DDP wrapper is looked through): layer by layer for
+        ``nn.Sequential`` trees, over the traced graph for any other model (residual blocks, BatchNorm, pooling;
+        see :func:`~mistered.certify.lipschitz.graph_bound.bound_for_model`)."""
         net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         key = (id(net), tuple(input_shape))
         if self._bound is None or self._key != key:
-            self._bound = LipschitzBound(net, input_shape)
+            self._bound = bound_for_model(net, input_shape)
             self._key = key
             if self._pending_state:
                 self._bound.load_state_dict(self._pending_state, strict=False)

@@ -8,10 +8,10 @@ built with the bounds already tightened for that layer. The triangle is the tigh
 ReLU, so these bounds are never looser than CROWN's (whose linear relaxations lie inside the triangles); each
 new bound is also intersected with the initial one.
 
-One persistent HiGHS model per example grows layer by layer (new columns and rows for each layer, nothing
-rebuilt); each neuron's two LPs only change the objective and the sense and re-solve from the previous basis.
-HiGHS comes from scipy's bundled bindings (``scipy.optimize._highspy``, as in
-:class:`~mistered.certify.solvers.projection.LinfProjector`); ``highspy`` itself cannot share a process with OR-Tools.
+One persistent HiGHS model per example (:func:`~mistered.certify.solvers.highs.new_highs`) grows layer by layer
+(new columns and rows for each layer, nothing rebuilt); each neuron's two LPs only change the objective and the
+sense and re-solve from the previous basis. The triangle rows are
+:func:`~mistered.certify.solvers.triangle.triangle_rows`, the same as branch and bound's relaxation.
 
 Soundness: an LP optimum is only accurate to the solver's tolerances, so every new bound is pushed outwards by
 ``1e-7 (1 + |bound|)``; a solve that is not optimal (or a time limit) keeps the initial bound.
@@ -27,14 +27,11 @@ import time
 import numpy as np
 import torch
 
-from ...errors import MisteredError
 from .chain_linear import linear_bounds
 from ..graph.piecewise import PiecewiseLinearNet
-
-try:  # HiGHS as bundled by scipy (private module; see the module docstring)
-    from scipy.optimize._highspy import _core as _highs
-except ImportError:  # pragma: no cover - depends on the scipy build
-    _highs = None
+from ..solvers.highs import new_highs, run_highs
+from ..solvers.status import Status
+from ..solvers.triangle import triangle_rows
 
 __all__ = ["lp_bounds"]
 
@@ -61,8 +58,6 @@ def lp_bounds(
     Returns:
         ``[(l_1, u_1), ..., (l_L, u_L)]``, ``(B, n_i)`` each (the last pair, the logits, is ``initial``'s).
     """
-    if _highs is None:  # pragma: no cover - depends on the scipy build
-        raise MisteredError("lp_bounds needs scipy's bundled HiGHS (scipy.optimize._highspy); use 'crown' bounds")
     initial = initial if initial is not None else linear_bounds(net, lower, upper)
     cpu = net.to(device="cpu", dtype=torch.float64)
     weights = [w.numpy() for w in cpu.weights]
@@ -95,10 +90,7 @@ class _Relaxation:
     """The growing LP: input columns, then per layer its pre-activation columns and the ReLU triangle rows."""
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
-        self.model = _highs._Highs()
-        self.model.setOptionValue("output_flag", False)
-        self.model.setOptionValue("presolve", "off")  # keeps the basis between the re-solves
-        self.inf = self.model.getInfinity()
+        self.model = new_highs()  # (presolve off: keeps the basis between the re-solves)
         self.n_cols = 0
         self.prev = self._add_cols(lo, hi)  # column of every entry of the previous layer's output (-1: zero)
 
@@ -129,21 +121,18 @@ class _Relaxation:
         out = np.where(l >= 0, z, -1).astype(np.int32)
         unstable = np.flatnonzero((l < 0) & (u > 0))
         if len(unstable):
-            n, lu, uu = len(unstable), l[unstable], u[unstable]
-            h = self._add_cols(np.zeros(n), uu)
-            slope = uu / (uu - lu)
-            cols = np.concatenate([h, z[unstable]])
-            eye = np.eye(n)
-            self._add_rows(np.zeros(n), np.full(n, self.inf), np.concatenate([eye, -eye], 1), cols)  # h >= z
-            self._add_rows(np.full(n, -self.inf), -slope * lu, np.concatenate([eye, -np.diag(slope)], 1), cols)
+            h = self._add_cols(np.zeros(len(unstable)), u[unstable])
+            rows, row_lo, row_hi = triangle_rows(h, z[unstable], l[unstable], u[unstable], self.n_cols)
+            self.model.addRows(rows.shape[0], row_lo, row_hi, rows.nnz, rows.indptr[:-1].astype(np.int32),
+                               rows.indices.astype(np.int32), rows.data)
             out[unstable] = h
         self.prev = out
 
-    def extreme(self, col: int, sense: int) -> float | None:
-        """``min`` (sense 1) or ``max`` (sense -1) of one column, or ``None`` when not solved to optimality."""
+    def extreme(self, col: int, sense: int, time_limit: float | None = None) -> float | None:
+        """``min`` (sense 1) or ``max`` (sense -1) of one column, or ``None`` when not solved to optimality within
+        ``time_limit`` seconds."""
         self.model.changeColCost(col, float(sense))
-        self.model.run()
-        optimal = self.model.getModelStatus() == _highs.HighsModelStatus.kOptimal
+        optimal = run_highs(self.model, time_limit) is Status.OPTIMAL
         value = sense * float(self.model.getInfo().objective_function_value)
         self.model.changeColCost(col, 0.0)  # (this resets the model status, so it is read first)
         return value if optimal else None
@@ -157,17 +146,14 @@ def _tighten_one(weights, biases, lo, hi, bounds, time_limit) -> list[tuple[np.n
         l, u = bounds[k]
         z = lp.add_affine(weights[k], biases[k], l, u)
         for j in np.flatnonzero((l < 0) & (u > 0)).tolist() if k > 0 else []:
-            if deadline is not None:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                lp.model.setOptionValue("time_limit", remaining)
-            top = lp.extreme(int(z[j]), -1)
+            if deadline is not None and deadline - time.perf_counter() <= 0:
+                break
+            top = lp.extreme(int(z[j]), -1, None if deadline is None else deadline - time.perf_counter())
             if top is not None:
                 u[j] = min(u[j], top + _SAFETY * (1 + abs(top)))
             if u[j] <= 0:  # proven inactive: the lower bound no longer matters for the encodings
                 continue
-            bottom = lp.extreme(int(z[j]), 1)
+            bottom = lp.extreme(int(z[j]), 1, None if deadline is None else deadline - time.perf_counter())
             if bottom is not None:
                 l[j] = max(l[j], bottom - _SAFETY * (1 + abs(bottom)))
         lp.model.changeColsBounds(len(z), z, l, u)

@@ -14,12 +14,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .halfspace import halfspace_projection
 from ..graph.piecewise import PiecewiseLinearNet
 
-__all__ = ["boundary_search", "local_logit_forms"]
+__all__ = ["boundary_search", "local_logit_forms", "FlatModel"]
 
 _ORDER = {"l1": 1, "l2": 2, "linf": float("inf")}
 
@@ -43,9 +45,33 @@ def local_logit_forms(net: PiecewiseLinearNet, x: torch.Tensor) -> tuple[torch.T
     return mat, off
 
 
+class FlatModel:
+    """Any network ``model`` of inputs ``(B, *input_shape)`` seen on flat inputs ``(B, d)``, with its local affine
+    forms by autograd (exact on a piecewise-linear network: ``f(x') = J x' + f(x) - J x`` near ``x``)."""
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], input_shape: tuple[int, ...]) -> None:
+        self.model, self.input_shape = model, tuple(input_shape)
+
+    def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1)
+
+    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.model(flat.reshape(flat.shape[0], *self.input_shape))
+
+    def local_forms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``J`` ``(B, K, d)`` and ``c`` ``(B, K)`` at ``x`` ``(B, d)``: one backward pass per class."""
+        with torch.enable_grad():
+            point = x.detach().requires_grad_(True)
+            logits = self(point)
+            rows = [torch.autograd.grad(logits[:, k].sum(), point, retain_graph=True)[0]
+                    for k in range(logits.shape[1])]
+        mat = torch.stack(rows, dim=1).detach()
+        return mat, logits.detach() - torch.einsum("bkd,bd->bk", mat, x)
+
+
 @torch.no_grad()
 def boundary_search(
-    net: PiecewiseLinearNet,
+    net: PiecewiseLinearNet | FlatModel,
     x: torch.Tensor,
     norm: str,
     steps: int = 12,
@@ -56,7 +82,8 @@ def boundary_search(
     """Misclassified points near each input, found by repeated closed-form projections on local decision planes.
 
     Args:
-        net: the network (computations in its dtype; use float64 for GeoCert seeds).
+        net: the network in chain form (computations in its dtype; use float64 for GeoCert seeds), or any
+            network as a :class:`FlatModel` (local forms by autograd).
         x: ``(B, d)`` or ``(B, *input_shape)`` inputs inside ``domain``.
         norm: "l1", "l2" or "linf" (input units).
         steps: region hops; overshoot: relative step past the boundary; bisections: final refinement steps.
@@ -71,7 +98,7 @@ def boundary_search(
     best, best_x = torch.full((batch,), torch.inf, dtype=x0.dtype, device=x0.device), x0.clone()
     cur = x0.clone()
     for step in range(steps):
-        mat, off = local_logit_forms(net, cur)
+        mat, off = net.local_forms(cur) if isinstance(net, FlatModel) else local_logit_forms(net, cur)
         a = mat[rows, cls][:, None, :] - mat  # (f_c - f_j)(x) <= 0
         b = off - off[rows, cls][:, None]
         b[rows, cls] = -1.0  # the class itself: an empty half-space

@@ -51,7 +51,8 @@ from .region_search import GeoCertResult, RegionSearch, start_search
 from .mip import margin_net
 from ..graph.piecewise import PiecewiseLinearNet
 from ..solvers.l2_cuts import L2CutRelaxation
-from ..solvers.triangle import TriangleRelaxation
+from ..solvers.status import Status
+from ..solvers.triangle import RelaxationSolution, TriangleRelaxation
 
 __all__ = ["branch_and_bound_distance"]
 
@@ -91,6 +92,7 @@ def branch_and_bound_distance(
         ``n_lp_solves`` = relaxation solves plus exact projections; ``x_adv`` is at distance ``upper``.
     """
     start = time.perf_counter()
+    deadline = None if time_limit is None else start + time_limit  # (every relaxation solve gets what is left)
     net, x0, c, best, best_x = start_search(net, x, norm, upper_bound, x_adv, domain)
     eps = np.inf if decision_eps is None else float(decision_eps)
     search = RegionSearch(margin_net(net, c), x0, norm, domain)  # outputs f_j - f_c: the targets' margins
@@ -123,11 +125,11 @@ def branch_and_bound_distance(
             if decision_eps is not None and incumbent.best <= eps:
                 break
             continue
-        sol, bound, solved = _bound_node(relax, cut_relax, splits, j, key, limit())
+        sol, bound, solved = _bound_node(relax, cut_relax, splits, j, key, limit(), deadline)
         n_relaxations += solved
-        if sol is None or bound >= limit():
+        if sol is Status.INFEASIBLE or bound >= limit():
             continue
-        if not isinstance(sol, str):
+        if not isinstance(sol, Status):
             tag = (j, _pattern(search, x0 + sol.delta, domain).tobytes())
             if incumbent.offer(tag) <= sol.bound * (1 + _ATTAINED):
                 closed = min(closed, bound)
@@ -136,7 +138,7 @@ def branch_and_bound_distance(
             break
         if bound >= limit():
             continue
-        counter = _branch(heap, counter, (bound, j, splits), free, None if isinstance(sol, str) else sol.violation)
+        counter = _branch(heap, counter, (bound, j, splits), free, None if isinstance(sol, Status) else sol.violation)
     best, best_x = incumbent.best, incumbent.x
     lower = min(heap[0][0], best, closed) if heap else min(best, closed)
     if status is None:
@@ -182,26 +184,31 @@ def _root_nodes(search: RegionSearch, c: int, n_hidden: int) -> tuple[list, int]
 
 
 def _bound_node(relax: TriangleRelaxation, cut_relax: L2CutRelaxation | None, splits: np.ndarray, j: int,
-                key: float, limit: float) -> tuple[object, float, int]:
+                key: float, limit: float, deadline: float | None) -> tuple[RelaxationSolution | Status, float, int]:
     """The relaxation's solution at the node (``splits``, target ``j``), its lower bound (never below the parent's
-    ``key``) and the number of relaxations solved; the solution is ``None`` when the node is pruned. In L2 on
-    large inputs the cut LP bounds it first and the QP relaxation runs only if that solve fails."""
-    sol, solved = None, 0
+    ``key``) and the number of relaxations solved; the solution is ``Status.INFEASIBLE`` when the node is pruned,
+    ``Status.FAILED`` or ``Status.TIME_LIMIT`` (``deadline``, on ``time.perf_counter()``, passed) when it keeps
+    the parent's bound. In L2 on large inputs the cut LP bounds it first and the QP relaxation runs only if that
+    solve fails."""
+    sol, solved = Status.FAILED, 0
     if cut_relax is not None:
         cut_relax.set_node(splits, j)
         solved += 1
-        sol = cut_relax.solve(limit)
-        if sol is None or (not isinstance(sol, str) and max(key, sol.bound * (1 - _SAFETY)) >= limit):
-            return None, np.inf, solved
-        if isinstance(sol, str):
-            sol = None
-    if sol is None:
+        sol = cut_relax.solve(limit, _left(deadline))
+        if sol is Status.INFEASIBLE or (not isinstance(sol, Status) and max(key, sol.bound * (1 - _SAFETY)) >= limit):
+            return Status.INFEASIBLE, np.inf, solved
+    if sol is Status.FAILED:
         relax.set_node(splits, j)
         solved += 1
-        sol = relax.solve(limit)
-    if sol is None:
-        return None, np.inf, solved
-    return sol, (key if isinstance(sol, str) else max(key, sol.bound * (1 - _SAFETY))), solved
+        sol = relax.solve(limit, _left(deadline))
+    if sol is Status.INFEASIBLE:
+        return sol, np.inf, solved
+    return sol, (key if isinstance(sol, Status) else max(key, sol.bound * (1 - _SAFETY))), solved
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds to ``deadline`` (``time.perf_counter()``), or ``None`` without one."""
+    return None if deadline is None else deadline - time.perf_counter()
 
 
 def _branch(heap: list, counter: int, node: tuple, free: np.ndarray, violation: np.ndarray | None) -> int:

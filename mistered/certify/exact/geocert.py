@@ -26,8 +26,8 @@ Pruning, cheapest first (every rule is a valid lower bound, so the answer stays 
 * the search box is the domain intersected with the L∞ ball of radius = the best upper bound (for L1 and L2 that
   ball encloses the norm ball of the same radius, so it never cuts off the optimum — unlike shrinking it to the L∞
   size of one projection, the original implementation's L2 bug);
-* an upper bound (an attack's ``x_adv`` or a number) seeds the search; :func:`certify_geocert` seeds it with
-  :func:`~mistered.certify.exact.boundary_search.boundary_search` and gives misclassified inputs radius 0 at once.
+* an upper bound (an attack's ``x_adv`` or a number) seeds the search; :func:`~.distance.exact_distance` (the batch entry point; ``certify_geocert`` is its old name) seeds
+  it with :func:`~mistered.certify.exact.boundary_search.boundary_search` and gives misclassified inputs radius 0.
 
 Projections are exact (see :mod:`mistered.certify.solvers.projection`; in L∞ one warm-started LP per search). Everything
 is float64.
@@ -38,25 +38,18 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
-from ...errors import InvalidInputError
-from ...validation import check_batch, check_inputs, check_logits, check_nonnegative
-from .boundary_search import boundary_search
-from .branch import branch_and_bound_distance
-from ..certificate import Certificate
 from .halfspace import pair_excludes_box
-from ..graph.piecewise import PiecewiseLinearNet, as_plnet
+from ..graph.piecewise import PiecewiseLinearNet
 from .region_search import NORMS, GeoCertResult, RegionSearch, start_search
 
-__all__ = ["GeoCertResult", "geocert", "certify_geocert", "start_search", "NORMS", "SEARCHES", "AUTO_SEARCH"]
+__all__ = ["GeoCertResult", "geocert", "start_search", "NORMS"]
 
 logger = logging.getLogger(__name__)
-SEARCHES = ("auto", "regions", "branch")  # certify_geocert's exact searches
-#: ``search="auto"``: per norm, the search that solved more MNIST-sized examples in ``benchmarks/geocert_speed.py``
-AUTO_SEARCH = {"linf": "branch", "l1": "branch", "l2": "branch"}  # per norm, the faster on MNIST-sized nets
 
 
 def geocert(
@@ -194,74 +187,11 @@ def _queue_neighbours(search: RegionSearch, heap: list, queued: set, counter: in
     return counter
 
 
-def certify_geocert(
-    model: torch.nn.Module | PiecewiseLinearNet,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    norm: str = "l2",
-    time_limit: float | None = None,
-    x_adv: torch.Tensor | None = None,
-    seed_search: bool = True,
-    search: str = "auto",
-) -> Certificate:
-    """GeoCert on a batch: ``x`` ``(B, *input_shape)`` in [0, 1], labels ``y`` ``(B,)`` in ``[0, K)``; ``time_limit``
-    per example. The batch is validated by :func:`~mistered.validation.check_batch`; the search runs in float64.
+def __getattr__(name: str) -> Any:
+    """The batch entry point's old names: ``certify_geocert`` is :func:`~.distance.exact_distance` (whose ``search``
+    says what runs), ``SEARCHES`` and ``AUTO_SEARCH`` live beside it."""
+    if name in ("certify_geocert", "SEARCHES", "AUTO_SEARCH"):
+        from . import distance
 
-    Misclassified examples get radius 0 and status ``misclassified`` without a search; the others ``exact``
-    (radius = upper) or ``timeout`` (radius = the anytime lower bound). Each search is seeded with the nearer of
-    ``x_adv`` ``(B, *input_shape)`` (e.g. an attack's output) and, if ``seed_search``, the points found by
-    :func:`~mistered.certify.exact.boundary_search.boundary_search` (all examples at once). ``details`` holds
-    per-example regions, solves, seconds and the seed distance.
-
-    ``search``: ``"regions"`` (:func:`geocert`, through the linear regions), ``"branch"`` (the same exact
-    distance by branch and bound over ReLU splits, :func:`~mistered.certify.exact.branch.
-    branch_and_bound_distance`; far fewer solves on MNIST-sized nets; ``n_regions`` then counts its nodes) or
-    ``"auto"`` (:data:`AUTO_SEARCH`: today branch and bound in every norm, the faster on MNIST-sized nets; see
-    ``benchmarks/RESULTS.md``).
-    """
-    if norm not in NORMS:
-        raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
-    if search not in SEARCHES:
-        raise InvalidInputError(f"search must be one of {SEARCHES}, got {search!r}")
-    if time_limit is not None:
-        check_nonnegative(time_limit, "time_limit")
-    x, y = check_batch(x, y, images=False)
-    if x_adv is not None and (check_inputs(x_adv, images=False, name="x_adv").shape != x.shape):
-        raise InvalidInputError(f"x_adv must have the shape of x, {tuple(x.shape)}, got {tuple(x_adv.shape)}")
-    search = AUTO_SEARCH[norm] if search == "auto" else search
-    solve = geocert if search == "regions" else branch_and_bound_distance
-    start = time.perf_counter()
-    net = as_plnet(model, tuple(x.shape[1:])).to(torch.float64)
-    flat = net.flatten_input(x.cpu() if net.device.type == "cpu" else x).to(net.device)
-    logits = net(flat)
-    check_logits(logits, y.to(logits.device), what="the network")
-    preds = logits.argmax(1).cpu()
-    seeds = [x_adv[i].reshape(-1).to(flat) if x_adv is not None else None for i in range(len(flat))]
-    seed_dist = [_dist(seed - xi, norm) if seed is not None else float("inf") for seed, xi in zip(seeds, flat)]
-    if seed_search and len(flat):
-        found, dist = boundary_search(net, flat, norm)
-        for i in range(len(flat)):
-            if float(dist[i]) < seed_dist[i]:
-                seeds[i], seed_dist[i] = found[i], float(dist[i])
-    radius, upper, status = [], [], []
-    details: dict[str, list] = {"n_regions": [], "n_lp_solves": [], "seconds": [], "seed_distance": []}
-    for i, yi in enumerate(y.tolist()):
-        if int(preds[i]) != int(yi):
-            radius.append(0.0), upper.append(0.0), status.append("misclassified")
-            regions, solves, seconds = 0, 0, 0.0
-        else:
-            result = solve(net, flat[i].cpu(), norm=norm, time_limit=time_limit,
-                           x_adv=None if seeds[i] is None else seeds[i].cpu())
-            radius.append(result.lower), upper.append(result.upper), status.append(result.status)
-            regions, solves, seconds = result.n_regions, result.n_lp_solves, result.seconds
-        details["n_regions"].append(regions)
-        details["n_lp_solves"].append(solves)
-        details["seconds"].append(seconds)
-        details["seed_distance"].append(seed_dist[i])
-    return Certificate("geocert", norm, torch.tensor(radius, dtype=torch.float64),
-                       torch.tensor(upper, dtype=torch.float64), status, preds,
-                       y.cpu().clone(), time.perf_counter() - start, details)
-
-
-def _dist(delta: torch.Tensor, norm: str) -> float:
-    return float(torch.linalg.vector_norm(delta, ord={"l1": 1, "l2": 2, "linf": float("inf")}[norm]))
+        return getattr(distance, "exact_distance" if name == "certify_geocert" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,10 +12,11 @@ the best distance so far (for L1 that ball encloses the L1 ball), with the dista
 * a trial radius below the best comes first (a smaller box: tighter big-M, fewer binaries): in L∞ 1.3 times
   the radius CROWN certifies for ``j``, in L1 0.85 times the best. The distance is capped at the radius in both
   norms, so a trial answer is exact and an infeasible trial only falls back to the full radius;
-* solvers: SCIP through OR-Tools' model builder, filled from the sparse matrix in one call, with cutting planes
-  and the dual sparsify presolver off (the default; on the 784-input benchmark nets faster than with cuts, 2-8x
-  measured, and than HiGHS, ~5x; dual sparsify ignores the time limit),
-  or HiGHS through ``scipy.optimize.milp``.
+* the ReLUs are the big-M encoding of :mod:`mistered.certify.solvers.big_m` (stable ones exact, no binary);
+* solvers (:func:`mistered.certify.solvers.mip.solve_milp`): SCIP through OR-Tools' model builder, filled from the
+  sparse matrix in one call, with cutting planes and the dual sparsify presolver off (the default; on the
+  784-input benchmark nets faster than with cuts, 2-8x measured, and than HiGHS, ~5x; dual sparsify ignores the
+  time limit) and SCIP's memory capped, or HiGHS through ``scipy.optimize.milp``; every solve gets the time left.
 
 L2 would need a mixed-integer QP; GeoCert's L2 radius is checked against brute force instead.
 """
@@ -28,21 +29,21 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-from ortools.linear_solver.python import model_builder as mb
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ...errors import InvalidInputError, MisteredError
 from ...validation import check_inputs
 from .boundary_search import local_logit_forms
 from .halfspace import halfspace_projection
 from ..bounds.chain_linear import NormBall, linear_bounds
-from ..lipschitz.local.milp import SCIP_PARAMETERS
 from ..graph.piecewise import PiecewiseLinearNet, as_plnet
+from ..solvers.big_m import add_relu_layer
+from ..solvers.mip import MILP_SOLVERS, MilpProblem, SparseModel, solve_milp
 from ..solvers.projection import _norm
+from ..solvers.status import Status
 
 __all__ = ["MipDistanceResult", "mindist_mip", "margin_net", "MIP_SOLVERS"]
 
-MIP_SOLVERS = ("scip", "highs")
+MIP_SOLVERS = MILP_SOLVERS
 _TRIAL = 0.85  # L1 trial radius, as a fraction of the best distance so far
 _GUESS, _BISECTIONS = 1.3, 8  # L∞ trial radius: 1.3 x the radius CROWN certifies (8 bisection steps)
 # SCIP's dual sparsify presolver does not check the time limit: 273 s of presolve under a 10 s limit on an L1 MILP
@@ -88,7 +89,7 @@ def mindist_mip(
         raise InvalidInputError(f"the MIP baseline handles norm 'linf' or 'l1', got {norm!r} (L2 needs a MIQP)")
     check_inputs(x[None] if isinstance(x, torch.Tensor) else x, images=False, domain=domain, name="x")
     start = time.perf_counter()
-    net = as_plnet(net, tuple(x.shape)).to(torch.float64)
+    net = as_plnet(net, tuple(x.shape), domain).to(torch.float64)
     x0 = net.flatten_input(x.reshape(1, -1))[0].cpu().numpy()
     logits = net(torch.as_tensor(x0)[None])[0].numpy()
     c = int(logits.argmax())
@@ -108,17 +109,20 @@ def mindist_mip(
             if float(box[-1][1][0, j]) < 0:  # f_j < f_c on the whole box: nothing within radius for j
                 continue
             problem = _target_problem(ws, bs, x0, j, norm, radius, lo, hi, box)
-            status, value, point, bound = (_solve_highs if solver == "highs" else _solve_scip)(*problem, left)
-            if status == "optimal":  # value <= radius (capped): the nearest point of j overall
+            result = solve_milp(problem, solver, left, _SCIP_DISTANCE_PARAMETERS)
+            if result.status is Status.FAILED:
+                raise MisteredError(f"the MIP solver failed ({result.message}); try solver='highs' or 'scip'")
+            if result.status is Status.INFEASIBLE:  # nothing of class j within radius: the next radius
+                continue
+            value, point = result.objective, result.solution
+            if point is not None and value < best:
+                best, best_x = value, point[: x0.shape[0]].copy()
+            if result.status is Status.OPTIMAL:  # value <= radius (capped): the nearest point of j overall
                 lower = min(lower, value)
-                if value < best:
-                    best, best_x = value, point[: x0.shape[0]].copy()
                 break
-            if status == "timeout":  # the dual bound is a lower bound for target j within radius
-                timed_out, lower = True, min(lower, max(0.0, min(bound, radius)))
-                if point is not None and value < best:
-                    best, best_x = value, point[: x0.shape[0]].copy()
-                break
+            # a limit: the anytime bound is a lower bound for target j within radius
+            timed_out, lower = True, min(lower, max(0.0, min(result.bound, radius)))
+            break
         if timed_out:
             break
     if not timed_out:
@@ -190,107 +194,30 @@ def _search_box(x0: np.ndarray, radius: float, domain: tuple[float, float]) -> t
     return np.maximum(domain[0], x0 - radius) - x0, np.minimum(domain[1], x0 + radius) - x0
 
 
-def _target_problem(ws, bs, x0, j, norm, radius, lo, hi, box) -> tuple:
-    """One MILP in the displacement ``δ = x - x0``: variables ``[δ (d), extra, (h_l, a_l) per hidden layer]``
-    with ``extra`` = ``t`` (L∞) or ``(p, n)`` with ``δ = p - n`` (L1), as arrays ``(cost, integer, lb, ub,
-    A (csr), row_lo, row_hi)``."""
+def _target_problem(ws, bs, x0, j, norm, radius, lo, hi, box) -> MilpProblem:
+    """One MILP in the displacement ``δ = x - x0`` ``(d,)`` in ``[lo, hi]``: the columns ``δ`` first, then ``t``
+    (L∞: ``-t <= δ <= t``) or ``(p, n)`` with ``δ = p - n`` (L1), the objective ``t`` or ``Σ p + Σ n`` capped at
+    ``radius``; then every hidden ReLU (big-M, bounds ``box``) and the margin ``(f_j - f_c)(x) >= 0``."""
     d = x0.shape[0]
-    cost, lb, ub, integer, blocks, row_lo, row_hi = [], [], [], [], [], [], []
+    model = SparseModel()
     cap = radius if np.isfinite(radius) else np.inf
-    cost.append(np.zeros(d)), lb.append(lo), ub.append(hi), integer.append(np.zeros(d))
-    if norm == "linf":  # -t <= δ <= t
-        cost.append([1.0]), lb.append([0.0]), ub.append([cap]), integer.append([0])
-        eye = sp.identity(d, format="csr")
-        blocks.append([eye, -np.ones((d, 1))]), row_lo.append(np.full(d, -np.inf)), row_hi.append(np.zeros(d))
-        blocks.append([-eye, -np.ones((d, 1))]), row_lo.append(np.full(d, -np.inf)), row_hi.append(np.zeros(d))
-        n_extra = 1
-    else:  # δ = p - n, minimise Σ p + Σ n
-        cost.append(np.ones(2 * d)), lb.append(np.zeros(2 * d)), ub.append(np.concatenate([hi, -lo]))
-        integer.append(np.zeros(2 * d))
-        eye = sp.identity(d, format="csr")
-        blocks.append([eye, sp.hstack([-eye, eye])]), row_lo.append(np.zeros(d)), row_hi.append(np.zeros(d))
+    delta = model.vars(lo, hi)
+    eye = sp.identity(d, format="csr")
+    if norm == "linf":  # ±δ_i - t <= 0
+        t = model.var(0.0, cap, cost=1.0)
+        cols = np.append(delta, t)
+        for sign in (1.0, -1.0):
+            model.rows(np.full(d, -np.inf), np.zeros(d), sp.hstack([sign * eye, -np.ones((d, 1))]), cols)
+    else:  # δ - p + n = 0, minimise Σ p + Σ n
+        p, n = model.vars(np.zeros(d), hi, cost=1.0), model.vars(np.zeros(d), -lo, cost=1.0)
+        model.rows(np.zeros(d), np.zeros(d), sp.hstack([eye, -eye, eye]), np.concatenate([delta, p, n]))
         if np.isfinite(cap):  # Σ p + Σ n <= radius: a trial radius never returns a point beyond it
-            blocks.append([sp.csr_matrix((1, d)), np.ones((1, 2 * d))]), row_lo.append([-np.inf]), row_hi.append([cap])
-        n_extra = 2 * d
-    # the layers, h = relu(z) with z = W h_prev + b (z = W δ + W x0 + b for the first); per ReLU three rows:
-    # h - z >= 0,  h - z - l a <= -l,  h - u a <= 0  (l = min(lower, 0), u = max(upper, 0)); a fixed for stable ones
-    parts, in_start, n_vars = [], 0, d + n_extra
-    for layer in range(len(ws) - 1):
-        w, off = ws[layer], bs[layer] + (ws[layer] @ x0 if layer == 0 else 0.0)
+            model.row(-np.inf, cap, np.concatenate([p, n]), np.ones(2 * d))
+    prev = delta.tolist()
+    for layer in range(len(ws) - 1):  # h = relu(W h_prev + b), with W x0 folded into the first layer's bias
+        off = bs[layer] + (ws[layer] @ x0 if layer == 0 else 0.0)
         low, up = (v[0].numpy() for v in box[layer])
-        m, h_start = w.shape[0], n_vars
-        a_start, n_vars = h_start + m, h_start + 2 * m
-        cost.append(np.zeros(2 * m)), integer.append(np.concatenate([np.zeros(m), np.ones(m)]))
-        lb.append(np.concatenate([np.zeros(m), (low >= 0).astype(float)]))
-        ub.append(np.concatenate([np.maximum(up, 0.0), (up > 0).astype(float)]))
-        low, up = np.minimum(low, 0.0), np.maximum(up, 0.0)
-        eye = sp.identity(m, format="csr")
-        parts.append([(in_start, -sp.csr_matrix(w)), (h_start, eye)])
-        row_lo.append(off), row_hi.append(np.full(m, np.inf))
-        parts.append([(in_start, -sp.csr_matrix(w)), (h_start, eye), (a_start, sp.diags(-low))])
-        row_lo.append(np.full(m, -np.inf)), row_hi.append(off - low)
-        parts.append([(h_start, eye), (a_start, sp.diags(-up))])
-        row_lo.append(np.full(m, -np.inf)), row_hi.append(np.zeros(m))
-        in_start = h_start
-    # the margin (f_j - f_c)(h) >= 0 (row j of the margin net's last layer)
-    parts.append([(in_start, sp.csr_matrix(ws[-1][j][None]))])
-    row_lo.append([-bs[-1][j]]), row_hi.append([np.inf])
-    norm_rows = [sp.hstack([sp.hstack(blk, format="csr"), sp.csr_matrix((blk[0].shape[0], n_vars - d - n_extra))])
-                 for blk in blocks]
-    a_mat = sp.vstack(norm_rows + [_place(p, n_vars) for p in parts], format="csr")
-    return (np.concatenate(cost), np.concatenate(integer), np.concatenate(lb), np.concatenate(ub), a_mat,
-            np.concatenate(row_lo), np.concatenate(row_hi))
-
-
-def _solve_highs(cost, integer, lb, ub, a_mat, row_lo, row_hi, time_limit) -> tuple:
-    """``(status, value, x, dual bound)`` with status ``optimal``, ``infeasible`` or ``timeout`` (SciPy HiGHS)."""
-    options = {"mip_rel_gap": 1e-9, "disp": False}
-    if time_limit is not None:
-        options["time_limit"] = max(float(time_limit), 1e-3)
-    res = milp(cost, integrality=integer, bounds=Bounds(lb, ub), constraints=LinearConstraint(a_mat, row_lo, row_hi),
-               options=options)
-    if res.status == 0:
-        return "optimal", float(res.fun), res.x, float(res.fun)
-    if res.status == 2:
-        return "infeasible", np.inf, None, np.inf
-    if res.status == 1:
-        value = np.inf if res.x is None else float(res.fun)
-        return "timeout", value, res.x, float(getattr(res, "mip_dual_bound", 0.0) or 0.0)
-    raise MisteredError(f"the MIP solver (HiGHS) failed: {res.message}")
-
-
-def _solve_scip(cost, integer, lb, ub, a_mat, row_lo, row_hi, time_limit) -> tuple:
-    """The same on SCIP through OR-Tools' model builder, filled in one call from the CSR matrix (cuts off, as
-    LipMIP)."""
-    model = mb.Model()
-    model.helper.fill_model_from_sparse_data(lb, ub, cost, row_lo, row_hi, a_mat)
-    for col in np.flatnonzero(integer).tolist():
-        model.helper.set_var_integrality(col, True)
-    solver = mb.Solver("scip")
-    if not solver.solver_is_supported():
-        raise MisteredError("this OR-Tools build has no SCIP; use solver='highs'")
-    solver.set_solver_specific_parameters(SCIP_PARAMETERS + _SCIP_DISTANCE_PARAMETERS)
-    if time_limit is not None:
-        solver.set_time_limit_in_seconds(max(float(time_limit), 1e-3))
-    status = solver.solve(model)
-    if status == mb.SolveStatus.OPTIMAL:
-        value = solver.objective_value
-        return "optimal", value, solver.values(model.get_variables()).to_numpy(), value
-    if status == mb.SolveStatus.INFEASIBLE:
-        return "infeasible", np.inf, None, np.inf
-    if status == mb.SolveStatus.FEASIBLE:
-        return ("timeout", solver.objective_value, solver.values(model.get_variables()).to_numpy(),
-                solver.best_objective_bound)
-    if status == mb.SolveStatus.NOT_SOLVED:
-        return "timeout", np.inf, None, 0.0
-    raise MisteredError(f"the MIP solver (SCIP) failed with status {status.name}")
-
-
-def _place(parts: list, n_vars: int) -> sp.csr_matrix:
-    """A row block with the given ``(first column, matrix)`` parts (same row count) and zeros elsewhere."""
-    n_rows = parts[0][1].shape[0]
-    data, rows, cols = [], [], []
-    for start, part in parts:
-        coo = sp.coo_matrix(part)
-        data.append(coo.data), rows.append(coo.row), cols.append(coo.col + start)
-    return sp.csr_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, n_vars))
+        prev, _ = add_relu_layer(model, prev, ws[layer], off, low, up)
+    keep = [i for i, v in enumerate(prev) if v is not None]  # the margin (f_j - f_c)(h) >= 0
+    model.row(-bs[-1][j], np.inf, [prev[i] for i in keep], ws[-1][j][keep])
+    return model.problem()

@@ -185,7 +185,7 @@ def start_search(
     if norm not in NORMS:
         raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
     check_inputs(x[None] if isinstance(x, torch.Tensor) else x, images=False, domain=domain, name="x")
-    net = as_plnet(net, tuple(x.shape)).to(torch.float64)
+    net = as_plnet(net, tuple(x.shape), domain).to(torch.float64)
     x0 = net.flatten_input(x.reshape(1, -1))[0].cpu().numpy()
     c = int(net(torch.as_tensor(x0)[None])[0].argmax())
     best, best_x = (np.inf if upper_bound is None else float(upper_bound)), None

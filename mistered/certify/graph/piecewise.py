@@ -5,6 +5,8 @@ from an ``nn.Sequential`` of ``Linear``, ``Conv2d`` (unrolled into its dense mat
 ``BatchNorm1d/2d`` (eval statistics, folded), possibly nested and possibly wrapped in a
 :class:`mistered.models.Normalized` (``.net``, ``.mean``, ``.std``; the normalisation is folded into the first
 affine layer). Consecutive affine layers are merged, so the form has one layer per ReLU plus the output layer.
+Any other piecewise-linear network (custom ``forward``, residual additions, pooling, concatenation ...) is traced
+and lowered onto the same form by :mod:`.piecewise_lowering`.
 
 Example:
     >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
@@ -50,11 +52,15 @@ class PiecewiseLinearNet:
         weights: ``[W_1, ..., W_L]``, ``W_i`` of shape ``(n_i, n_{i-1})``; ``n_0`` is the flattened input size.
         biases: ``[b_1, ..., b_L]``, ``b_i`` of shape ``(n_i,)``.
         input_shape: the shape of one unflattened input, e.g. ``(1, 28, 28)`` or ``(d,)``.
+        carried: ``None`` (a plain chain), or per hidden layer a ``(n_i,)`` bool mask of the neurons that carry a
+            value through the layer (:mod:`.piecewise_lowering`: a residual branch, the ``a`` of ``max(a, b)``)
+            rather than decide a ReLU of the model; searches never need to split them.
     """
 
     weights: list[torch.Tensor]
     biases: list[torch.Tensor]
     input_shape: tuple[int, ...]
+    carried: list[torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(s) for s in self.input_shape)
@@ -71,6 +77,8 @@ class PiecewiseLinearNet:
                     f"an input of size {expected}"
                 )
             expected = w.shape[0]
+        if self.carried is not None and [tuple(m.shape) for m in self.carried] != [(w.shape[0],) for w in self.weights[:-1]]:
+            raise InvalidInputError("carried must hold one (n_i,) mask per hidden layer")
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -102,7 +110,8 @@ class PiecewiseLinearNet:
     def to(self, *args: Any, **kwargs: Any) -> PiecewiseLinearNet:
         """A copy moved/cast like ``Tensor.to`` (e.g. ``net.to(torch.float64)``, ``net.to("cuda")``)."""
         return PiecewiseLinearNet(
-            [w.to(*args, **kwargs) for w in self.weights], [b.to(*args, **kwargs) for b in self.biases], self.input_shape
+            [w.to(*args, **kwargs) for w in self.weights], [b.to(*args, **kwargs) for b in self.biases], self.input_shape,
+            self.carried,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -138,16 +147,21 @@ class PiecewiseLinearNet:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_module(cls, module: nn.Module, input_shape: tuple[int, ...] | list[int]) -> PiecewiseLinearNet:
-        """Convert an ``nn.Sequential`` ReLU network (see :data:`SUPPORTED_LAYERS`) into its canonical form.
+    def from_module(cls, module: nn.Module, input_shape: tuple[int, ...] | list[int],
+                    domain: tuple[float, float] | None = None) -> PiecewiseLinearNet:
+        """Convert a ReLU network into its canonical form: an ``nn.Sequential`` of :data:`SUPPORTED_LAYERS`
+        directly, anything else (custom ``forward``, residual additions, pooling, concatenation ...) through its
+        traced bound graph (:func:`~mistered.certify.graph.piecewise_lowering.lower_module`).
 
         Args:
             module: the network; BatchNorm layers contribute their running statistics (eval behaviour).
             input_shape: the shape of one input without the batch dimension, e.g. ``(1, 28, 28)``.
+            domain: ``(lo, hi)``: the input box on which a lowered graph must agree with ``module`` (values carried
+                through a ReLU layer are then single, always-active neurons); ``None``: everywhere. A plain chain
+                agrees everywhere either way.
 
         Raises:
-            UnsupportedLayerError: naming the first layer (and its position) that is not piecewise linear
-                or not supported.
+            UnsupportedLayerError: naming the operation (and its source line) that has no piecewise-linear form.
         """
         check_piecewise_model(module)
         input_shape = tuple(int(s) for s in input_shape)
@@ -155,9 +169,14 @@ class PiecewiseLinearNet:
         dtype = param.dtype if param is not None else torch.get_default_dtype()
         device = param.device if param is not None else torch.device("cpu")
         builder = _Builder(input_shape, dtype, device)
-        with torch.no_grad():
-            builder.add(module, "")
-            weights, biases = builder.finish()
+        try:
+            with torch.no_grad():
+                builder.add(module, "")
+                weights, biases = builder.finish()
+        except UnsupportedLayerError:
+            from .piecewise_lowering import lower_module
+
+            return lower_module(module, input_shape, domain).to(device=device, dtype=dtype)
         return cls(weights, biases, input_shape)
 
 
@@ -286,9 +305,11 @@ class _Builder:
         return self.weights, self.biases
 
 
-def as_plnet(model_or_net: nn.Module | PiecewiseLinearNet, input_shape: tuple[int, ...]) -> PiecewiseLinearNet:
+def as_plnet(model_or_net: nn.Module | PiecewiseLinearNet, input_shape: tuple[int, ...],
+             domain: tuple[float, float] | None = None) -> PiecewiseLinearNet:
     """The canonical form of ``model_or_net``: returned as is when it already is one, else
-    :meth:`PiecewiseLinearNet.from_module` for inputs of ``input_shape`` (which refuses anything else, naming it)."""
+    :meth:`PiecewiseLinearNet.from_module` for inputs of ``input_shape`` that agrees with the model on ``domain``
+    (``None``: everywhere), which refuses anything else, naming it."""
     if isinstance(model_or_net, PiecewiseLinearNet):
         return model_or_net
-    return PiecewiseLinearNet.from_module(model_or_net, input_shape)
+    return PiecewiseLinearNet.from_module(model_or_net, input_shape, domain)

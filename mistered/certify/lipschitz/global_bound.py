@@ -34,9 +34,9 @@ from torch import nn
 
 from ...errors import UnsupportedLayerError
 from ...models.normalized import Normalized
-from ...validation import check_layered_model, model_device
+from ...validation import check_layered_model, model_device, model_dtype
 
-__all__ = ["LipschitzBound", "Residual", "operator_norm", "lipschitz_bound", "check_bounded_model"]
+__all__ = ["LipschitzBound", "Residual", "operator_norm", "check_bounded_model", "maxpool_constant"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +82,16 @@ class Residual(nn.Module):
 class _PowerIteration(nn.Module):
     """The operator norm of one linear map ``v -> A v`` (bias-free), with a persistent input-shaped vector."""
 
-    def __init__(self, name: str, layer: nn.Module, input_shape: tuple[int, ...], apply: Callable) -> None:
+    def __init__(self, name: str, layer: nn.Module | None, input_shape: tuple[int, ...], apply: Callable,
+                 device: torch.device | None = None) -> None:
         super().__init__()
         self.name = name
         self._layer = [layer]  # not a submodule: the model owns it
         self._apply = apply
         start = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0))
-        param = next(layer.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        if device is None:
+            param = next(layer.parameters(), None) if layer is not None else None
+            device = param.device if param is not None else torch.device("cpu")
         self.register_buffer("vector", (start / start.norm()).to(device))
 
     def _step(self, v: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,11 +174,18 @@ def _pool_apply(layer: nn.Module) -> Callable:
     return lambda v, dtype: layer(v)
 
 
-def _maxpool_constant(name: str, layer: nn.MaxPool2d) -> float:
-    """Each input lies in at most ``n_h * n_w`` windows, so ``||maxpool(x) - maxpool(y)|| <= sqrt(n_h n_w) ||x - y||``."""
-    pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    values = (value,) if isinstance(value, int) else tuple(value)
+    return (values[0], values[-1])
+
+
+def maxpool_constant(kernel: int | tuple[int, ...], stride: int | tuple[int, ...] | None,
+                     dilation: int | tuple[int, ...] = 1) -> float:
+    """The L2 Lipschitz constant of 2-D max pooling: each input lies in at most ``n_h * n_w`` windows
+    (``n = min(k, ceil(((k - 1) d + 1) / s))`` per dimension), so ``||maxpool(x) - maxpool(y)|| <= sqrt(n_h n_w)
+    ||x - y||``; ``stride`` ``None`` (or empty) is the kernel."""
     windows = 1
-    for k, s, d in zip(pair(layer.kernel_size), pair(layer.stride or layer.kernel_size), pair(layer.dilation)):
+    for k, s, d in zip(_pair(kernel), _pair(stride or kernel), _pair(dilation)):
         windows *= min(k, math.ceil(((k - 1) * d + 1) / s))
     return math.sqrt(windows)
 
@@ -244,7 +253,7 @@ class LipschitzBound(nn.Module):
         if type(module) in _CONSTANT_LAYERS:
             return _Node("const", _CONSTANT_LAYERS[type(module)](module))
         if isinstance(module, nn.MaxPool2d):
-            return _Node("const", _maxpool_constant(name, module))
+            return _Node("const", maxpool_constant(module.kernel_size, module.stride, module.dilation))
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             _batchnorm_scale(name, module)  # fail early on a layer without running statistics
             self._bn.append((name, module))
@@ -334,7 +343,7 @@ def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mod
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=model_device(model)))
+            model(torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model)))
     finally:
         for hook in hooks:
             hook.remove()
@@ -351,8 +360,3 @@ def operator_norm(layer: nn.Module, input_shape: tuple[int, ...], max_iterations
     if not len(bound.operators):
         return float(bound._tree.children[0].value)
     return bound.operators[0].converged(max_iterations, tol)
-
-
-def lipschitz_bound(model: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """The exact-mode L2 Lipschitz bound of ``model`` (see :class:`LipschitzBound`)."""
-    return float(LipschitzBound(model, input_shape).exact())

@@ -19,7 +19,8 @@ from torch import nn
 
 from ...validation import check_batch, check_logits, model_device, model_dtype
 from ..certificate import Certificate
-from .global_bound import LipschitzBound, check_bounded_model
+from .global_bound import check_bounded_model
+from .graph_bound import bound_for_model
 
 __all__ = ["LMTCertifier", "certify_lmt", "lmt_radius", "pairwise_radius", "pairwise_row_norms"]
 
@@ -60,9 +61,12 @@ class LMTCertifier:
     """Certifies L2 robustness of ``model`` by its Lipschitz margin; the constant is computed once per input shape.
 
     Args:
-        model: ``(B, *input_shape) -> (B, K)`` built from layers :class:`~mistered.certify.lipschitz.global_bound.LipschitzBound`
-            supports (an unsupported layer raises :class:`~mistered.errors.UnsupportedLayerError` naming it; so does
-            a TorchScript module or ``torch.fx`` graph, whose layers cannot be read).
+        model: ``(B, *input_shape) -> (B, K)``: layers :class:`~mistered.certify.lipschitz.global_bound.LipschitzBound`
+            supports in ``nn.Sequential`` / ``Residual`` / ``Normalized`` trees, or any graph
+            :class:`~mistered.certify.lipschitz.graph_bound.GraphLipschitzBound` supports (residual blocks,
+            BatchNorm, pooling, cat ...; see :func:`~mistered.certify.lipschitz.graph_bound.bound_for_model`). An
+            unsupported layer raises :class:`~mistered.errors.UnsupportedLayerError` naming it; so does a
+            TorchScript module or ``torch.fx`` graph, whose layers cannot be read.
         pairwise: use the tighter last-layer pairwise bound (the network must end with ``nn.Linear``).
 
     Example:
@@ -82,7 +86,7 @@ class LMTCertifier:
         (``None`` unless pairwise), float32 on the model's device; computed on first use and cached."""
         key = tuple(input_shape)
         if key not in self._constants:
-            bound = LipschitzBound(self.model, key)
+            bound = bound_for_model(self.model, key)
             if self.pairwise:
                 body = bound.exact(exclude_head=True)
                 norms = pairwise_row_norms(bound.head.weight.detach().double())

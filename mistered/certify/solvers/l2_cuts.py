@@ -13,19 +13,22 @@ tangent cut alone makes the LP exact. ~12 ms per node on the MNIST nets of ``ben
 Example:
     >>> relax = L2CutRelaxation(ws, bs, x0, lo, hi, lower, upper, c)
     >>> relax.set_node(splits, j)
-    >>> outcome = relax.solve(enough=best_distance)   # None when the node is infeasible
+    >>> outcome = relax.solve(enough=best_distance)   # a RelaxationSolution, or a Status (INFEASIBLE, ...)
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
+from .highs import HessianFormat
 from .polytope_qp import PolytopeQP
-from .triangle import RelaxationSolution, TriangleRelaxation, _highs
+from .status import Status
+from .triangle import RelaxationSolution, TriangleRelaxation
 
 __all__ = ["L2CutRelaxation", "FirstLayerDistance"]
 
@@ -69,7 +72,7 @@ class L2CutRelaxation(TriangleRelaxation):
         for index, new_lo, new_hi in rows:
             self._newton.row_lo[index], self._newton.row_hi[index] = new_lo, new_hi
 
-    def solve(self, enough: float = np.inf) -> RelaxationSolution | str | None:
+    def solve(self, enough: float = np.inf, time_limit: float | None = None) -> RelaxationSolution | Status:
         """The node's L2 bound from the LP with cuts on ``φ``: every LP's optimum ``s`` bounds ``|δ|²``; the bound
         returned is the last LP's, recomputed from its duals (``_dual_bound``), so solver tolerances cannot lift it.
 
@@ -83,11 +86,18 @@ class L2CutRelaxation(TriangleRelaxation):
         ``_CUT_GAIN``), when ``s`` reaches ``enough`` (the caller prunes), when an attained value is below
         ``enough`` (the relaxation cannot prune the node, so a tighter bound is not worth its time: the caller
         splits it), or after ``_MAX_CUTS`` rounds. ``delta`` and ``violation`` are taken at the best point.
+
+        ``time_limit`` (seconds) bounds every LP and QP solve; when it passes after the first round, the bound so
+        far is returned (anytime: every round's bound is valid), before it ``Status.TIME_LIMIT``. Other outcomes:
+        ``Status.INFEASIBLE`` (an empty node) or ``Status.FAILED``.
         """
         best, goal = None, (enough / (1 - _GOAL_MARGIN)) ** 2
+        deadline = None if time_limit is None else time.perf_counter() + time_limit
         for _ in range(_MAX_CUTS):
-            cols = self._run()
-            if cols is None or isinstance(cols, str):
+            cols = self._run(None if deadline is None else deadline - time.perf_counter())
+            if cols is Status.TIME_LIMIT and best is not None:
+                break
+            if isinstance(cols, Status):
                 return cols
             bound = max(self._dual_bound(), 0.0)  # (rigorous; the rounds steer by the LP's primal s)
             self._forget_slack_cuts()
@@ -97,12 +107,14 @@ class L2CutRelaxation(TriangleRelaxation):
             if best.value <= s + _CUT_GAIN * (1.0 + s) or s >= goal or best.value < goal:
                 break
             if not np.isfinite(best.value):
-                start = self._reachable_point(s)
-                if start is None or isinstance(start, str):
+                start = self._reachable_point(s, deadline)
+                if start is Status.TIME_LIMIT:
+                    break
+                if isinstance(start, Status):
                     return start
                 best = start
             for _ in range(_NEWTON_STEPS):
-                step = self._newton_step(best)
+                step = self._newton_step(best, deadline)
                 if step is None:
                     break
                 improved = best.value - step.value > _CUT_GAIN * (1.0 + best.value)
@@ -144,28 +156,30 @@ class L2CutRelaxation(TriangleRelaxation):
         reached = np.abs(self._l2.w @ delta + self._l2.c - y).max() <= 1e-9 * (1.0 + np.abs(y).max())
         return _Point(float(delta @ delta) if reached else np.inf, cols, delta, mu, bound)
 
-    def _reachable_point(self, s: float) -> "_Point | str | None":
+    def _reachable_point(self, s: float, deadline: float | None = None) -> "_Point | Status":
         """A point of the node's relaxation whose first-layer ``y`` some displacement in the box reaches, from an
         LP that has ``δ``: the relaxation in ``δ`` without its Hessian, minimising ``|δ_i|`` over the pixels that
-        can move one way only (the background of a digit: cheap, and near ``x0``); ``None`` if it is infeasible.
+        can move one way only (the background of a digit: cheap, and near ``x0``); else the LP's :class:`Status`
+        (``INFEASIBLE``: the node is empty) by ``deadline`` (``time.perf_counter()``; ``None``: no limit).
         (The L∞ relaxation would do as well, at ~7x the time: its ``±δ_i <= t`` rows.)"""
         if self._reach is None:
             self._reach = TriangleRelaxation(*self._reach_args)
             model = self._reach._model
             n_cols = self._reach._n_cols
-            model.passHessian(n_cols, 0, _highs.HessianFormat.kTriangular, np.zeros(n_cols + 1, np.int32),
+            model.passHessian(n_cols, 0, HessianFormat.kTriangular, np.zeros(n_cols + 1, np.int32),
                               np.zeros(0, np.int32), np.zeros(0))  # (an empty Hessian: an LP)
             lo, hi = self._l2.lo, self._l2.hi
             model.changeColsCost(self.d, np.arange(self.d, dtype=np.int32),
                                  np.where(lo >= 0, 1.0, np.where(hi <= 0, -1.0, 0.0)))
             self._reach.set_node(self.splits, self.target)
-        cols = self._reach._run()
-        if cols is None or isinstance(cols, str):
+        cols = self._reach._run(None if deadline is None else deadline - time.perf_counter())
+        if isinstance(cols, Status):
             return cols
         return self._evaluate(np.concatenate([[0.0], cols[self.d:]]), s)
 
-    def _newton_step(self, point: "_Point") -> "_Point | None":
-        """A point of the node's polytope with a smaller ``φ`` than ``point``'s (see :meth:`_solve_by_cuts`)."""
+    def _newton_step(self, point: "_Point", deadline: float | None = None) -> "_Point | None":
+        """A point of the node's polytope with a smaller ``φ`` than ``point``'s (see :meth:`solve`), or ``None``
+        (none found, or ``deadline`` passed)."""
         w, lo, hi = self._l2.w, self._l2.lo, self._l2.hi
         free = (point.delta > lo + 1e-12) & (point.delta < hi - 1e-12)
         # φ's Hessian on its piece, 2 (W_F W_Fᵀ)⁻¹, with the pixels at a bound weighted by _PIECE_SLACK: finite
@@ -180,7 +194,10 @@ class L2CutRelaxation(TriangleRelaxation):
         y = point.cols[y_cols]
         q = np.zeros(self._n_cols)
         q[y_cols] = point.mu - hess @ y  # (μ = ∇φ(y))
-        target = self._newton.solve(q, _upper_block(hess, int(y_cols[0]), self._n_cols))
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and left <= 0:
+            return None
+        target = self._newton.solve(q, _upper_block(hess, int(y_cols[0]), self._n_cols), time_limit=left)
         if target is None:
             return None
         for t in 0.5 ** np.arange(_LINE_SEARCH):

@@ -62,9 +62,10 @@ class PolytopeQP:
         self.row_lo, self.row_hi = self.row_lo[kept], self.row_hi[kept]
         self._cache = None
 
-    def solve(self, q: np.ndarray, hessian_upper: sp.csc_matrix) -> np.ndarray | None:
+    def solve(self, q: np.ndarray, hessian_upper: sp.csc_matrix, time_limit: float | None = None) -> np.ndarray | None:
         """``argmin qᵀx + ½ xᵀ H x`` over the polytope, or ``None`` when the polytope is empty or Clarabel does not
-        reach its tolerance; ``hessian_upper``: the upper triangle of the symmetric PSD ``H`` ``(n, n)`` (CSC)."""
+        reach its tolerance within ``time_limit`` seconds (``None``: no limit); ``hessian_upper``: the upper
+        triangle of the symmetric PSD ``H`` ``(n, n)`` (CSC). (A search direction only: no status is needed.)"""
         lo, hi = np.concatenate([self.row_lo, self.col_lo]), np.concatenate([self.row_hi, self.col_hi])
         if (lo > hi).any():
             return None
@@ -77,6 +78,7 @@ class PolytopeQP:
             self._cache = (lo, hi, a, b, int(equal.sum()), int(upper.sum() + lower.sum()))
         _, _, a, b, n_equal, n_inequal = self._cache  # (the same polytope as the last solve: its matrices again)
         cones = [clarabel.ZeroConeT(n_equal), clarabel.NonnegativeConeT(n_inequal)]
+        self._settings.time_limit = np.inf if time_limit is None else max(float(time_limit), 0.0)
         solver = clarabel.DefaultSolver(hessian_upper, np.asarray(q, dtype=float), a, b, cones, self._settings)
         solution = solver.solve()
         if solution.status != clarabel.SolverStatus.Solved:

@@ -5,10 +5,9 @@
   model construction (HiGHS takes the sparse matrix directly; GLOP needs one Python call per coefficient).
 * L∞ within one search: :class:`LinfProjector` keeps one HiGHS model per ``x0`` (the box and the rows
   ``-t <= δ_i <= t`` are built once; each call swaps the polytope's rows and re-solves by dual simplex from the
-  previous basis, ~2x faster than a fresh ``linprog`` on MNIST nets). It uses the HiGHS bindings bundled with
-  scipy (``scipy.optimize._highspy``, a private module: ``highspy`` itself cannot share a process with OR-Tools);
-  where they are missing, or a solve is not optimal or its point fails the feasibility check, it falls back to
-  :func:`distance_lp`.
+  previous basis, ~2x faster than a fresh ``linprog`` on MNIST nets), made by
+  :func:`~mistered.certify.solvers.highs.new_highs`; where a solve is not optimal or its point fails the
+  feasibility check, it falls back to :func:`distance_lp`.
 * L2: the projection is a convex QP with identity Hessian. No free solver reachable from OR-Tools solves it exactly,
   so we solve its dual ``max_{λ >= 0} min_{lo <= x <= hi} ½|x - x0|² + λᵀ(A x - b)`` by a projected Newton method
   (finite on this piecewise-quadratic dual), recover ``x = clip(x0 - Aᵀλ, lo, hi)`` (stationarity holds by
@@ -31,11 +30,8 @@ import scipy.sparse as sp
 from scipy.optimize import linprog, nnls
 
 from ...errors import MisteredError
-
-try:  # HiGHS as bundled by scipy (private module; see the module docstring)
-    from scipy.optimize._highspy import _core as _highs
-except ImportError:  # pragma: no cover - depends on the scipy build
-    _highs = None
+from .highs import new_highs, run_highs
+from .status import Status
 
 __all__ = ["polytope_distance", "project_l2", "distance_lp", "LinfProjector", "FEASIBILITY_TOL"]
 
@@ -111,14 +107,12 @@ class LinfProjector:
         self.x0 = np.asarray(x0, dtype=np.float64)
         self.d = self.x0.shape[0]
         self.n_fallbacks = 0
-        self._model = None if _highs is None else self._build()
+        self._model = self._build()
         self._n_rows = 0
         self._bounds: tuple[np.ndarray, np.ndarray] | None = None
 
     def _build(self):
-        d, model = self.d, _highs._Highs()
-        model.setOptionValue("output_flag", False)
-        model.setOptionValue("presolve", "off")  # presolve would discard the basis between calls
+        d, model = self.d, new_highs()  # (presolve off: it would discard the basis between calls)
         inf = model.getInfinity()
         cost = np.zeros(d + 1)
         cost[-1] = 1.0
@@ -134,14 +128,17 @@ class LinfProjector:
 
     def __call__(self, A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float] | None:
         """The point of ``{A x <= b} ∩ [lo, hi]`` nearest to ``x0`` in L∞ and its distance, or ``None`` if empty."""
-        if self._model is not None:
-            outcome = self._solve(A, b, lo, hi)
-            if outcome != "failed":
-                return outcome
+        outcome = self._solve(A, b, lo, hi)
+        if outcome is Status.INFEASIBLE:
+            return None
+        if not isinstance(outcome, Status):
+            return outcome
         self.n_fallbacks += 1
         return distance_lp("linf", A, b, self.x0, lo, hi)
 
-    def _solve(self, A, b, lo, hi):
+    def _solve(self, A, b, lo, hi) -> tuple[np.ndarray, float] | Status:
+        """The nearest point and its distance, or ``Status.INFEASIBLE`` (empty) or ``Status.FAILED`` (not optimal,
+        or the point fails the feasibility check: the caller falls back to :func:`distance_lp`)."""
         model, d, x0 = self._model, self.d, self.x0
         if self._bounds is None or not (np.array_equal(self._bounds[0], lo) and np.array_equal(self._bounds[1], hi)):
             model.changeColsBounds(d, np.arange(d, dtype=np.int32), lo - x0, hi - x0)
@@ -155,15 +152,14 @@ class LinfProjector:
             model.addRows(m, np.full(m, -self._inf), b - A @ x0, int(nonzero.sum()), starts,
                           np.nonzero(nonzero)[1].astype(np.int32), A[nonzero])
         self._n_rows = m
-        model.run()
-        status = model.getModelStatus()
-        if status == _highs.HighsModelStatus.kInfeasible:
-            return None
-        if status != _highs.HighsModelStatus.kOptimal:
-            return "failed"
+        status = run_highs(model)
+        if status is Status.INFEASIBLE:
+            return status
+        if status is not Status.OPTIMAL:
+            return Status.FAILED
         x = np.clip(x0 + np.asarray(model.getSolution().col_value)[:d], lo, hi)
         if m and (A @ x - b).max() > FEASIBILITY_TOL:
-            return "failed"
+            return Status.FAILED
         return x, _norm(x - x0, "linf")
 
 
@@ -200,11 +196,11 @@ def project_l2(
     outcome = _dual_newton(A, b, x0, lo, hi, max_iter, within=within)
     if outcome is None:  # stalled from λ = 0 (a degenerate dual): again from an interior-point solve's multipliers
         start = _interior_point_multipliers(A, b, x0, lo, hi)
-        if isinstance(start, str):
-            outcome = "infeasible" if _is_empty(A, b, lo, hi) else None
+        if start is Status.INFEASIBLE:
+            outcome = Status.INFEASIBLE if _is_empty(A, b, lo, hi) else None
         elif start is not None:
             outcome = _dual_newton(A, b, x0, lo, hi, max_iter, start, within)
-    if isinstance(outcome, str):
+    if outcome is Status.INFEASIBLE:
         return None
     if outcome is None:
         outcome = _least_distance_nnls(A, b, x0, lo, hi)
@@ -222,10 +218,10 @@ def _is_empty(A, b, lo, hi) -> bool:
 
 
 def _dual_newton(A, b, x0, lo, hi, max_iter, lam: np.ndarray | None = None,
-                 within: float = np.inf) -> np.ndarray | str | None:
+                 within: float = np.inf) -> np.ndarray | Status | None:
     """Projected Newton ascent on the dual from ``lam`` (``(m,)``, default 0); returns the verified primal point,
-    ``"infeasible"`` (nothing within ``within``: the dual passed ``½ within²``, or the primal's bound on the box, so
-    the polytope is empty or farther) or ``None``."""
+    ``Status.INFEASIBLE`` (nothing within ``within``: the dual passed ``½ within²``, or the primal's bound on the
+    box, so the polytope is empty or farther) or ``None`` (stalled)."""
     m = A.shape[0]
     bound = 0.5 * float(np.sum(np.maximum(x0 - lo, hi - x0) ** 2))  # weak duality: q(λ) <= primal <= bound
     bound = min(bound, 0.5 * within ** 2)
@@ -242,7 +238,7 @@ def _dual_newton(A, b, x0, lo, hi, max_iter, lam: np.ndarray | None = None,
         if g.max() <= FEASIBILITY_TOL and -float(lam @ g) <= _GAP_TOL * max(1.0, q) and (lam >= 0).all():
             return x
         if q > bound + 1e-9:
-            return "infeasible"
+            return Status.INFEASIBLE
         work = (lam > 0) | (g > 0)
         free = (v > lo) & (v < hi)
         a_w = A[np.ix_(work, free)]
@@ -264,13 +260,13 @@ def _dual_newton(A, b, x0, lo, hi, max_iter, lam: np.ndarray | None = None,
     return None
 
 
-def _interior_point_multipliers(A, b, x0, lo, hi) -> np.ndarray | str | None:
+def _interior_point_multipliers(A, b, x0, lo, hi) -> np.ndarray | Status | None:
     """``(m,)`` multipliers of the rows ``A x <= b`` to restart the dual Newton method from, where it stalled from 0:
     the rows of a region's polytope all lie in the first layer's row space (rank ~10 for 40+ rows on a
     784-10-50-10-2 net), so its dual is degenerate. Clarabel (interior point, to ~1e-8) finds the projection; the
     rows it leaves (near) tight and the pixels it leaves inside the box give the KKT system ``G λ = h``, ``λ >= 0``
     on those rows, solved by NNLS (tens of unknowns): a vertex of the optimal multipliers, where the Newton method
-    verifies at once. ``"infeasible"`` when Clarabel finds the polytope empty, ``None`` if it fails."""
+    verifies at once. ``Status.INFEASIBLE`` when Clarabel finds the polytope empty, ``None`` if it fails."""
     d = x0.shape[0]
     eye = sp.identity(d, format="csc")
     rows = sp.vstack([sp.csc_matrix(A), eye, -eye], format="csc")
@@ -280,7 +276,7 @@ def _interior_point_multipliers(A, b, x0, lo, hi) -> np.ndarray | str | None:
                                     [clarabel.NonnegativeConeT(rows.shape[0])], settings)
     solution = solver.solve()
     if solution.status == clarabel.SolverStatus.PrimalInfeasible:
-        return "infeasible"
+        return Status.INFEASIBLE
     if solution.status not in (clarabel.SolverStatus.Solved, clarabel.SolverStatus.AlmostSolved):
         return None
     x = np.asarray(solution.x)

@@ -25,29 +25,22 @@ basis survives between solves.
 Example:
     >>> relax = TriangleRelaxation(ws, bs, x0, "l2", lo, hi, lower, upper, c)
     >>> relax.set_node(np.zeros(relax.n_hidden, np.int8), j)
-    >>> outcome = relax.solve()   # None when the node is infeasible
+    >>> outcome = relax.solve()   # a RelaxationSolution, or a Status (INFEASIBLE, TIME_LIMIT, FAILED)
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
-from contextlib import contextmanager, nullcontext
+import time
 from dataclasses import dataclass
-from typing import Iterator
 
+import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from ...errors import MisteredError
+from .highs import HessianFormat, MatrixFormat, native_stdout_silenced, new_highs, run_highs
+from .status import Status
 
-try:  # HiGHS as bundled by scipy (see mistered.certify.solvers.projection)
-    from scipy.optimize._highspy import _core as _highs
-except ImportError:  # pragma: no cover - depends on the scipy build
-    _highs = None
-
-__all__ = ["TriangleRelaxation", "RelaxationSolution", "native_stdout_silenced"]
+__all__ = ["TriangleRelaxation", "RelaxationSolution", "triangle_rows", "native_stdout_silenced"]
 
 _QP_ITERATIONS = 5000  # the active-set QP solver can cycle from a warm start: a stalled solve is retried cold
 _CUTOFF_MARGIN = 1e-7  # the dual simplex stops this far (relative) above the caller's pruning level
@@ -80,8 +73,6 @@ class TriangleRelaxation:
 
     def __init__(self, ws: list[np.ndarray], bs: list[np.ndarray], x0: np.ndarray, norm: str, lo: np.ndarray,
                  hi: np.ndarray, lower: np.ndarray, upper: np.ndarray, c: int, l2_cuts: bool = False) -> None:
-        if _highs is None:  # pragma: no cover - depends on the scipy build
-            raise MisteredError("branch and bound needs scipy's bundled HiGHS (scipy >= 1.15); upgrade scipy")
         d, n = x0.shape[0], lower.shape[0]
         self.d, self.n_hidden, self.norm, self.c = d, n, norm, c
         self.lower, self.upper = lower, np.maximum(upper, lower)
@@ -115,17 +106,13 @@ class TriangleRelaxation:
                 row_hi.append(rhs)
             prev_cols, start = post[start:start + m], start + m
         k = unstable_idx
-        lk, uk = self.lower[k], self.upper[k]
-        slope = uk / (uk - lk)
         self.relu_row = np.full(n, -1)  # the row z - ẑ >= 0 of each unstable ReLU
         self.relu_row[k] = sum(r.shape[0] for r in rows) + np.arange(k.size)
-        ones = np.ones(k.size)
-        rows.append(_sparse(k.size, n_cols, self.z_col[k], self.zhat_col[k], ones, -ones))  # z - ẑ >= 0
-        row_lo.append(np.zeros(k.size))
-        row_hi.append(np.full(k.size, inf))
-        rows.append(_sparse(k.size, n_cols, self.z_col[k], self.zhat_col[k], ones, -slope))  # the chord
-        row_lo.append(np.full(k.size, -inf))
-        row_hi.append(-slope * lk)
+        triangle, tri_lo, tri_hi = triangle_rows(self.z_col[k], self.zhat_col[k], self.lower[k], self.upper[k],
+                                                 n_cols)
+        rows.append(triangle)
+        row_lo.append(tri_lo)
+        row_hi.append(tri_hi)
         margin_w = ws[-1] - ws[-1][c]
         margin_b = bs[-1] - bs[-1][c] + (margin_w @ x0 if len(ws) == 1 else 0.0)
         keep = prev_cols >= 0
@@ -140,7 +127,7 @@ class TriangleRelaxation:
                       matrix.indices.astype(np.int32), matrix.data)
         if norm == "l2" and not self.cuts:  # |δ|² = ½ δᵀ (2 I) δ
             starts = np.minimum(np.arange(n_cols + 1), d).astype(np.int32)
-            model.passHessian(n_cols, d, _highs.HessianFormat.kTriangular, starts, np.arange(d, dtype=np.int32),
+            model.passHessian(n_cols, d, HessianFormat.kTriangular, starts, np.arange(d, dtype=np.int32),
                               np.full(d, 2.0))
         self._model, self._inf, self._n_cols = model, inf, n_cols
         reach = np.maximum(np.abs(lo - x0), np.abs(hi - x0))  # |δ_i| can reach this in the box
@@ -182,24 +169,26 @@ class TriangleRelaxation:
             for i, row_lo, row_hi in zip(index.tolist(), new_lo.tolist(), new_hi.tolist()):
                 self._model.changeRowBounds(i, row_lo, row_hi)
 
-    def solve(self, enough: float = np.inf) -> RelaxationSolution | str | None:
-        """Solve the current node: its :class:`RelaxationSolution`, ``None`` if infeasible, ``"failed"`` if the
-        solver ends otherwise (numerical trouble; the caller keeps the parent's bound). ``enough``: a distance
-        at which the caller prunes. An LP (L1, L∞) stops as soon as its bound passes it (HiGHS' dual simplex
-        ``objective_bound``: a node the caller prunes, or an empty one, in ~40 pivots instead of ~200-400); that
-        solution has only its ``bound`` (``delta`` and ``violation`` are zeros)."""
+    def solve(self, enough: float = np.inf, time_limit: float | None = None) -> RelaxationSolution | Status:
+        """Solve the current node: its :class:`RelaxationSolution`, or ``Status.INFEASIBLE`` (an empty node),
+        ``Status.TIME_LIMIT`` (``time_limit`` seconds passed first) or ``Status.FAILED`` (numerical trouble); on
+        the last two the caller keeps the parent's bound. ``enough``: a distance at which the caller prunes. An LP
+        (L1, L∞) stops as soon as its bound passes it (HiGHS' dual simplex ``objective_bound``: a node the caller
+        prunes, or an empty one, in ~40 pivots instead of ~200-400); that solution has only its ``bound``
+        (``delta`` and ``violation`` are zeros)."""
+        deadline = None if time_limit is None else time.perf_counter() + time_limit
         cutoff = self.norm != "l2" and np.isfinite(enough)
         if cutoff:  # dual simplex stops once its (rising) objective passes `enough`: a pruned or empty node
             self._model.setOptionValue("objective_bound", float(enough) * (1 + _CUTOFF_MARGIN))
-        cols = self._run()
+        cols = self._run(time_limit)
         if cutoff:
             self._model.setOptionValue("objective_bound", np.inf)
-        if isinstance(cols, str) and cols == "cutoff":
+        if cols is Status.CUTOFF:
             value = self._dual_bound()
             if value < enough * (1 + _CUTOFF_MARGIN / 10):  # (the rigorous bound fell short: solve to the end)
-                return self.solve()
+                return self.solve(time_limit=None if deadline is None else deadline - time.perf_counter())
             return RelaxationSolution(value, np.zeros(self.d), np.zeros(self.n_hidden))
-        if cols is None or isinstance(cols, str):
+        if isinstance(cols, Status):
             return cols
         value = max(self._dual_bound(), 0.0)
         bound = float(np.sqrt(value)) if self.norm == "l2" else value
@@ -222,7 +211,7 @@ class TriangleRelaxation:
         if self._transposed is None:  # (the matrix changes only when rows are added or deleted)
             a = lp.a_matrix_
             shape = (lp.num_row_, lp.num_col_)
-            matrix = (sp.csc_matrix if a.format_ == _highs.MatrixFormat.kColwise else sp.csr_matrix)(
+            matrix = (sp.csc_matrix if a.format_ == MatrixFormat.kColwise else sp.csr_matrix)(
                 (np.asarray(a.value_), np.asarray(a.index_), np.asarray(a.start_)), shape=shape)
             self._transposed = matrix.T.tocsr()
         reduced = np.asarray(lp.col_cost_) - self._transposed @ lam
@@ -240,45 +229,21 @@ class TriangleRelaxation:
         z = np.where(self.unstable, cols[self.z_col], 0.0)
         return np.where(self.unstable, z - np.maximum(zhat, 0.0), 0.0)
 
-    def _run(self) -> np.ndarray | str | None:
-        """One solve: the column values, ``None`` if infeasible or ``"failed"``."""
+    def _run(self, time_limit: float | None = None) -> np.ndarray | Status:
+        """One solve within ``time_limit`` seconds: the column values, or the :class:`Status` it ended with
+        (``INFEASIBLE``, ``CUTOFF``, ``TIME_LIMIT``, ``FAILED``)."""
         model = self._model
-        quiet = native_stdout_silenced if self.norm == "l2" and not self.cuts else nullcontext
+        quiet = self.norm == "l2" and not self.cuts
+        deadline = None if time_limit is None else time.perf_counter() + time_limit
         for _ in range(2):  # from the last basis, then (if that stalls, as HiGHS' QP solver can) from scratch
-            with quiet():
-                model.run()
-            status = model.getModelStatus()
-            if status == _highs.HighsModelStatus.kInfeasible:
-                return None
-            if status == _highs.HighsModelStatus.kOptimal:
+            left = None if deadline is None else deadline - time.perf_counter()
+            status = run_highs(model, left, quiet=quiet)
+            if status is Status.OPTIMAL:
                 return np.asarray(model.getSolution().col_value)
-            if status == _highs.HighsModelStatus.kObjectiveBound:
-                return "cutoff"
+            if status is not Status.FAILED:
+                return status
             model.clearSolver()
-        return "failed"
-
-
-@contextmanager
-def native_stdout_silenced() -> Iterator[None]:
-    """Point the process's file descriptor 1 at ``/dev/null`` inside the block.
-
-    HiGHS' QP solver ``printf``-s diagnostics ("dimension mismatch", "degeneracy? ...") that its ``output_flag``
-    does not silence; they would land in the CLI's output. Python's and C's buffers are flushed on entry and exit,
-    so nothing written before or after is lost or reordered. Costs two ``dup2`` calls (microseconds).
-    """
-    sys.stdout.flush()
-    libc = ctypes.CDLL(None)
-    libc.fflush(None)
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        libc.fflush(None)
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
+        return Status.FAILED
 
 
 def _sparse(m: int, n_cols: int, cols_a: np.ndarray, cols_b: np.ndarray, va: np.ndarray,
@@ -318,14 +283,28 @@ def _rows(m: int, n_cols: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> sp
     return sp.csr_matrix((np.concatenate(data), (np.concatenate(r), np.concatenate(c))), shape=(m, n_cols))
 
 
-def _configured_highs() -> "_highs._Highs":
+def triangle_rows(z_cols: np.ndarray, zhat_cols: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                  n_cols: int) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """The triangle relaxation of ``k`` unstable ReLUs ``z = relu(ẑ)`` (``lower < 0 < upper``, ``(k,)`` each) as
+    rows over ``n_cols`` columns, with ``z`` and ``ẑ`` at the columns ``z_cols``, ``zhat_cols`` ``(k,)``: first
+    the ``k`` rows ``z - ẑ >= 0``, then the ``k`` chords ``z - u/(u - l) ẑ <= -u l/(u - l)``; ``z >= 0`` is the
+    caller's column bound. Returns the ``(2k, n_cols)`` CSR matrix and its row bounds ``(2k,)`` (``±inf``: none).
+    The one place the triangle is written: :class:`TriangleRelaxation` and OBBT
+    (:func:`~mistered.certify.bounds.chain_lp.lp_bounds`) both add these rows."""
+    k = z_cols.size
+    slope = upper / (upper - lower)
+    ones = np.ones(k)
+    rows = sp.vstack([_sparse(k, n_cols, z_cols, zhat_cols, ones, -ones),
+                      _sparse(k, n_cols, z_cols, zhat_cols, ones, -slope)], format="csr")
+    row_lo = np.concatenate([np.zeros(k), np.full(k, -np.inf)])
+    row_hi = np.concatenate([np.full(k, np.inf), -slope * lower])
+    return rows, row_lo, row_hi
+
+
+def _configured_highs() -> highspy.Highs:
     """An empty HiGHS model with the options every relaxation uses."""
-    model = _highs._Highs()
-    model.setOptionValue("output_flag", False)
-    model.setOptionValue("presolve", "off")
-    model.setOptionValue("qp_iteration_limit", _QP_ITERATIONS)
-    model.setOptionValue("qp_regularization_value", 0.0)  # exact QP; the default 1e-7 stalls more often here
-    model.setOptionValue("dual_feasibility_tolerance", _DUAL_TOLERANCE)  # (primal: default; a primal slack only
+    return new_highs(qp_iteration_limit=_QP_ITERATIONS,
+                     qp_regularization_value=0.0,  # exact QP; the default 1e-7 stalls more often here
+                     dual_feasibility_tolerance=_DUAL_TOLERANCE)  # (primal: default; a primal slack only
     # lowers the bound, the safe side)
-    return model
 

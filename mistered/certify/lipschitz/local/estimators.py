@@ -77,7 +77,8 @@ class EstimatorOptions:
         samples: points per example for ``sampling``.
         clever_batches, clever_batch_size: CLEVER's number of batches and points per batch.
         time_limit: seconds per example for ``lipmip`` and ``lp`` (``None``: no limit).
-        solver: OR-Tools backend for ``lipmip`` (default SCIP) or ``lp`` (default GLOP).
+        solver: the MIP backend of ``lipmip`` (default HIGHS through highspy; SCIP or CBC through OR-Tools) or the
+            OR-Tools LP backend of ``lp`` (default GLOP).
         mip_gap: relative gap at which LipMIP counts as solved.
         formulation: LipMIP's encoding, ``"auto"``, ``"forward"`` or ``"backward"`` (see
             :func:`~mistered.certify.lipschitz.local.lipmip.solve_lipmip`). ``lp`` always relaxes the backward
@@ -208,6 +209,16 @@ METHODS: dict[str, tuple[_Estimator, str]] = {
 }
 
 
+def _domain(x0: torch.Tensor, radius: float, clip: tuple[float, float] | None) -> tuple[float, float] | None:
+    """A scalar box ``(lo, hi)`` holding every example's box: where a model other than a plain chain is lowered to
+    agree (values it carries through a ReLU layer are then single, always-active neurons, so LipMIP's generalised
+    derivatives stay those of the model); ``None`` for an empty batch."""
+    if x0.numel() == 0:
+        return None
+    lo, hi = float(x0.min()) - radius, float(x0.max()) + radius
+    return (lo, hi) if clip is None else (max(lo, clip[0]), min(hi, clip[1]))
+
+
 def estimate_lipschitz(
     model_or_net: nn.Module | PiecewiseLinearNet,
     x0: torch.Tensor,
@@ -222,7 +233,9 @@ def estimate_lipschitz(
     """Bound, estimate or compute the local Lipschitz constant around each ``x0``.
 
     Args:
-        model_or_net: a ReLU network (``nn.Sequential``-like, see :mod:`~mistered.certify.graph.piecewise`) or its
+        model_or_net: a piecewise-linear network (an ``nn.Sequential`` of the chain's layers, or any graph
+            :mod:`~mistered.certify.graph.piecewise_lowering` lowers: residual blocks, pooling, cat ...; lowered to
+            agree with the model on the examples' boxes) or its
             :class:`~mistered.certify.graph.piecewise.PiecewiseLinearNet`.
         x0: ``(B, *input_shape)`` box centres, in the network's input units (finite; any floating dtype, computed
             in the net's dtype; ``B = 0`` gives an empty estimate).
@@ -247,7 +260,7 @@ def estimate_lipschitz(
     if options.time_limit is not None:
         check_nonnegative(options.time_limit, "time_limit")
     x0 = check_inputs(x0, images=False, domain=None, name="x0")
-    net = as_plnet(model_or_net, tuple(x0.shape[1:]))
+    net = as_plnet(model_or_net, tuple(x0.shape[1:]), domain=_domain(x0, radius, clip))
     start = time.perf_counter()
     x0 = net.flatten_input(x0.detach().to(net.device))
     estimator, kind = METHODS[method]
