@@ -1,9 +1,10 @@
 """Interval bound propagation (IBP): each operation's output box from its inputs' boxes.
 
 Affine operations use the centre/radius form (``W c + b -/+ |W| r``: one product for the centre, one with ``|W|``
-for the radius); monotone selections (reshape, permute, unfold, max pooling) map each end; a piecewise-linear
-activation takes the min and max of its values at the ends and at the breakpoints inside (exact); an L∞-dist
-neuron's exact range over a box is ``[max_i dist(w_i, [l_i, u_i]), max_i max(|l_i - w_i|, |u_i - w_i|)]``.
+for the radius; ``W / 2`` and ``|W| / 2`` are made once per operation and reused, see :func:`_halves`); monotone
+selections (reshape, permute, unfold, max pooling) map each end; a piecewise-linear activation takes the min and
+max of its values at the ends and at the breakpoints inside (exact); an L∞-dist neuron's exact range over a box is
+``[max_i dist(w_i, [l_i, u_i]), max_i max(|l_i - w_i|, |u_i - w_i|)]``.
 
 Example:
     >>> boxes = interval_bounds(graph, InputSet.ball(x, 0.1))   # {node: (lower, upper)}, (B, *shape) each
@@ -12,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -34,35 +36,58 @@ def _sum_difference(box: Box) -> Box:
 
 
 def _from_centre(mid: torch.Tensor, rad: torch.Tensor) -> Box:
-    return mid - rad, mid + rad
+    """``(mid - rad, mid + rad)``; ``mid`` must be a fresh tensor (it becomes the upper end, in place)."""
+    return mid - rad, mid.add_(rad)
+
+
+#: ``op -> ((version, data pointer) of its weight, (weight / 2, |weight| / 2))``: the halved weights of each affine
+#: op, made once per op (a graph moved by ``.to`` has new ops, so once per dtype and device) and made again if the
+#: weight changes in place. A memo only: the values are those computed afresh (halving is exact).
+_HALVES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _halves(op: ops.Linear | ops.Conv2d | ops.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight / 2, |weight| / 2)`` of ``op``, from the memo when its weight is unchanged."""
+    weight = op.weight
+    if weight.requires_grad and torch.is_grad_enabled():  # keep the gradient path to the weight
+        return weight * 0.5, weight.abs() * 0.5
+    stamp = (weight._version, weight.data_ptr())
+    hit = _HALVES.get(op)
+    if hit is None or hit[0] != stamp:
+        hit = (stamp, (weight.detach() * 0.5, weight.detach().abs() * 0.5))
+        _HALVES[op] = hit
+    return hit[1]
 
 
 def _linear(op: ops.Linear, box: Box) -> Box:
     total, width = _sum_difference(box)
-    return _from_centre(F.linear(total, op.weight * 0.5, op.bias), F.linear(width, op.weight.abs() * 0.5))
+    half, half_abs = _halves(op)
+    return _from_centre(F.linear(total, half, op.bias), F.linear(width, half_abs))
 
 
 def _conv(op: ops.Conv2d, box: Box) -> Box:
     total, width = _sum_difference(box)
+    half, half_abs = _halves(op)
     args = (op.stride, op.padding, op.dilation, op.groups)
-    return _from_centre(F.conv2d(total, op.weight * 0.5, op.bias, *args),
-                        F.conv2d(width, op.weight.abs() * 0.5, None, *args))
+    return _from_centre(F.conv2d(total, half, op.bias, *args), F.conv2d(width, half_abs, None, *args))
 
 
 def _conv_transpose(op: ops.ConvTranspose2d, box: Box) -> Box:
     total, width = _sum_difference(box)
+    half, half_abs = _halves(op)
     args = (op.stride, op.padding, op.output_padding, op.groups, op.dilation)
-    return _from_centre(F.conv_transpose2d(total, op.weight * 0.5, op.bias, *args),
-                        F.conv_transpose2d(width, op.weight.abs() * 0.5, None, *args))
+    return _from_centre(F.conv_transpose2d(total, half, op.bias, *args),
+                        F.conv_transpose2d(width, half_abs, None, *args))
 
 
 def _affine(op: ops.Affine, box: Box) -> Box:
     lo, hi = box
-    if op.scale is not None:
-        lo, hi = lo * op.scale, hi * op.scale
-        if not bool((op.scale >= 0).all()):
-            lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
-    return (lo, hi) if op.shift is None else (lo + op.shift, hi + op.shift)
+    if op.scale is None:
+        return (lo, hi) if op.shift is None else (lo + op.shift, hi + op.shift)
+    lo, hi = lo * op.scale, hi * op.scale
+    if not bool((op.scale >= 0).all()):
+        lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    return (lo, hi) if op.shift is None else (lo.add_(op.shift), hi.add_(op.shift))  # fresh tensors: in place
 
 
 def _sum(op: ops.Sum, *boxes: Box) -> Box:
