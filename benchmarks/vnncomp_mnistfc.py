@@ -1,7 +1,7 @@
 """VNN-COMP 2021 ``mnistfc``: decided instances, median time and wrong answers of ``mistered verify``.
 
     python benchmarks/vnncomp_mnistfc.py BENCH_DIR [--nets 256x2,256x4,256x6] [--cap 60] [--first N]
-                                          [--falsify-only] [--out DIR] [--no-write]
+                                          [--properties 0_0.03,...] [--falsify-only] [--out DIR] [--no-write]
 
 ``BENCH_DIR`` is the benchmark as published (github stanleybak/vnncomp2021, benchmarks/mnistfc: three ReLU MLPs,
 15 MNIST images at L∞ eps 0.03 and 0.05, ``mnistfc_instances.csv``); it is only read. Every instance runs with its
@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> str:
     torch.set_num_threads(1)
     nets = args.nets.split(",")
     instances = [i for i in find_instances(args.bench) if any(f"_{n}." in i.model for n in nets)]
+    if args.properties:
+        wanted = {f"prop_{p}.vnnlib" for p in args.properties.split(",")}
+        instances = [i for i in instances if Path(i.property).name in wanted]
     if args.first:
         kept, counts = [], {}
         for inst in instances:
@@ -91,10 +94,14 @@ def run(args: argparse.Namespace) -> str:
         print(f"{row['model']} {row['property']}: {row['status']} {row['seconds']:.2f} s"
               f"{' WRONG' if row['wrong'] else ''}", flush=True)
 
+    load_before = os.getloadavg()[0]
     rows = run_jobs(solver.jobs(), solver, out, settings=solver.settings(), on_row=told)
+    load_after = os.getloadavg()[0]
     lines = [f"Machine: {machine_description()}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}. Command: "
              f"`python benchmarks/vnncomp_mnistfc.py BENCH_DIR --nets {args.nets} --cap {args.cap:g}"
-             f"{f' --first {args.first}' if args.first else ''}{' --falsify-only' if args.falsify_only else ''}`.",
+             f"{f' --first {args.first}' if args.first else ''}"
+             f"{f' --properties {args.properties}' if args.properties else ''}"
+             f"{' --falsify-only' if args.falsify_only else ''}`.",
              "", "| net | instances | decided | unsat | sat | timeout/unknown | wrong | median s (decided) | max s | "
              "max overrun s | known sat found | reference (issue) |", "|---|" + "---|" * 11]
     for net in nets:
@@ -107,7 +114,9 @@ def run(args: argparse.Namespace) -> str:
                      f"{s['timeout'] + s['unknown'] + s['error']} | {s['wrong']} | {median} | "
                      f"{max(float(r['seconds']) for r in mine):.2f} | {s['max_overrun_seconds']:.2f} | "
                      f"{found}/{len(known_sat)} | {REFERENCE[net]} |")
-    lines += ["", f"Peak resident memory of the run: {_peak_rss_mib():.0f} MiB. Results: {out}/results.csv."]
+    lines += ["", f"Peak resident memory of the run: {_peak_rss_mib():.0f} MiB. Load average (1 min) at the start and "
+              f"the end: {load_before:.1f}, {load_after:.1f} (times are wall-clock: other processes slow them). "
+              f"Results: {out}/results.csv."]
     return "\n".join(lines)
 
 
@@ -117,6 +126,7 @@ def main() -> None:
     parser.add_argument("--nets", default="256x2", help="comma list of 256x2, 256x4, 256x6")
     parser.add_argument("--cap", type=float, default=60.0, help="most seconds per instance")
     parser.add_argument("--first", type=int, default=None, help="only the first N instances of each net")
+    parser.add_argument("--properties", default=None, help="only these properties, e.g. 0_0.03,3_0.03")
     parser.add_argument("--falsify-only", action="store_true", help="attack only (no bounds)")
     parser.add_argument("--out", default=None, help="results folder (default: a new temporary folder)")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")

@@ -1,8 +1,10 @@
 """Branch and bound over ReLU splits on the bound engine, many subdomains bounded at once (β-CROWN style).
 
 Layout (imports flow downwards): :mod:`.step` (the complete step of :func:`mistered.certify.verify.verify`) →
-:mod:`.search` (``bab``: the loop, time limit, counterexamples) → :mod:`.domains` (open subdomains, splitting)
-→ :mod:`.bounding` (one batch of subdomains through CROWN with α/β) → :mod:`.problem` (the objective ``g``).
+:mod:`.search` (``bab``: the loop, time limit, counterexamples) → :mod:`.root` (the root's intermediate bounds by
+α-CROWN), :mod:`.branching` (strong branching) → :mod:`.domains` (open subdomains with their α/β, splitting) →
+:mod:`.bounding` (one batch of subdomains through CROWN with α/β, warm-started) → :mod:`.problem` (the objective
+``g``).
 
 Example:
     >>> result = bab(graph, InputSet.ball(x, 0.03), margin_spec(y, 10)[0], timeout=60)

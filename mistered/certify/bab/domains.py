@@ -1,37 +1,41 @@
 """The open subdomains of a branch and bound, as stacked tensors: worst lower bound first, split in batches.
 
 Each subdomain keeps its lower bound, its boxes of the split nodes (which hold its split decisions, see
-:mod:`.bounding`) and the neuron it will be split on (chosen when it was bounded). Memory per subdomain is two
-values per splittable neuron.
+:mod:`.bounding`), the neuron it will be split on (chosen when it was bounded) and its optimised α and β, which its
+children inherit. Memory per subdomain: two float64 values per splittable neuron, and two float32 per neuron and
+specification row.
 
 Example:
     >>> store = DomainStore.from_batch(nodes, bound_batch(problem, {}, 1, options), keep)   # the root
     >>> parents = store.pop(64)                                                            # the 64 worst
-    >>> children = split(parents.boxes, parents.choice, nodes, problem.split_nodes)        # 128 boxes
+    >>> children = split(parents.boxes, parents.choice[:, 0], nodes, problem.split_nodes)  # 128 boxes
 """
 
 from __future__ import annotations
 
 import torch
 
-from .bounding import BatchBounds, DomainBoxes
+from .bounding import BatchBounds, DomainBoxes, WarmStart
 
 __all__ = ["DomainStore", "choose_splits", "split"]
 
 
-def choose_splits(scores: dict[str, torch.Tensor], nodes: list[str], count: int) -> torch.Tensor:
-    """``(D, 2)`` int64: per subdomain the split node's index in ``nodes`` and the neuron's flat index, the best
-    score over every node; ``(-1, -1)`` where no neuron can be split."""
+def choose_splits(scores: dict[str, torch.Tensor], nodes: list[str], count: int, k: int = 1) -> torch.Tensor:
+    """``(D, k, 2)`` int64: per subdomain the ``k`` best-scored neurons over every node, best first, each as the
+    split node's index in ``nodes`` and the neuron's flat index; ``(-1, -1)`` where fewer neurons can be split."""
     if not nodes:
-        return torch.full((count, 2), -1, dtype=torch.int64)
+        return torch.full((count, k, 2), -1, dtype=torch.int64)
     flat = torch.cat([scores[n] for n in nodes], dim=1)  # (D, total)
-    best, where = flat.max(dim=1)
+    best, where = flat.topk(min(k, flat.shape[1]), dim=1)
     sizes = torch.tensor([scores[n].shape[1] for n in nodes], device=flat.device)
     ends = sizes.cumsum(0)
     node = torch.searchsorted(ends, where, right=True)
     neuron = where - (ends - sizes)[node]
-    choice = torch.stack([node, neuron], dim=1)
-    return torch.where(torch.isfinite(best)[:, None], choice, torch.full_like(choice, -1))
+    choice = torch.stack([node, neuron], dim=2)
+    choice = torch.where(torch.isfinite(best)[..., None], choice, torch.full_like(choice, -1))
+    if choice.shape[1] < k:
+        choice = torch.cat([choice, choice.new_full((count, k - choice.shape[1], 2), -1)], dim=1)
+    return choice
 
 
 def split(boxes: DomainBoxes, choice: torch.Tensor, nodes: list[str], thresholds: dict[str, float]) -> DomainBoxes:
@@ -53,17 +57,19 @@ def split(boxes: DomainBoxes, choice: torch.Tensor, nodes: list[str], thresholds
 
 
 class DomainStore:
-    """Open subdomains: ``lower`` ``(N,)``, ``boxes`` (``(N, n)`` per split node), ``choice`` ``(N, 2)``."""
+    """Open subdomains: ``lower`` ``(N,)``, ``boxes`` (``(N, n)`` per split node), ``choice`` ``(N, k, 2)`` (split
+    candidates, best-scored first, see :func:`choose_splits`) and ``warm``
+    (their optimised α and β, ``(N, S, n)`` float32 per split node; ``None`` without optimisation)."""
 
-    def __init__(self, nodes: list[str], lower: torch.Tensor, boxes: DomainBoxes, choice: torch.Tensor) -> None:
-        self.nodes, self.lower, self.boxes, self.choice = nodes, lower, boxes, choice
+    def __init__(self, nodes: list[str], lower: torch.Tensor, boxes: DomainBoxes, choice: torch.Tensor,
+                 warm: WarmStart | None = None) -> None:
+        self.nodes, self.lower, self.boxes, self.choice, self.warm = nodes, lower, boxes, choice, warm
 
     @classmethod
-    def from_batch(cls, nodes: list[str], bounds: BatchBounds, keep: torch.Tensor) -> DomainStore:
-        """The subdomains ``keep`` (a bool mask) of a bounded batch."""
-        boxes = {n: (lo[keep], hi[keep]) for n, (lo, hi) in bounds.boxes.items()}
-        choice = choose_splits(bounds.scores, nodes, bounds.lower.shape[0]).to(keep.device)
-        return cls(nodes, bounds.lower[keep], boxes, choice[keep])
+    def from_batch(cls, nodes: list[str], bounds: BatchBounds, keep: torch.Tensor, k: int = 1) -> DomainStore:
+        """The subdomains ``keep`` (a bool mask) of a bounded batch, with their ``k`` best-scored split candidates."""
+        choice = choose_splits(bounds.scores, nodes, bounds.lower.shape[0], k).to(keep.device)
+        return cls(nodes, bounds.lower, bounds.boxes, choice, bounds.warm).select(keep)
 
     def __len__(self) -> int:
         return self.lower.shape[0]
@@ -77,19 +83,20 @@ class DomainStore:
         self.choice = torch.cat([self.choice, other.choice])
         self.boxes = {n: (torch.cat([lo, other.boxes[n][0]]), torch.cat([hi, other.boxes[n][1]]))
                       for n, (lo, hi) in self.boxes.items()}
+        self.warm = self.warm.cat(other.warm) if self.warm is not None and other.warm is not None else None
 
     def pop(self, count: int) -> DomainStore:
         """Remove and return the ``count`` subdomains with the least lower bounds."""
         order = torch.topk(self.lower, min(count, len(self)), largest=False).indices
         keep = torch.ones_like(self.lower, dtype=torch.bool)
         keep[order] = False
-        taken = DomainStore(self.nodes, self.lower[order], {n: (lo[order], hi[order]) for n, (lo, hi) in
-                                                            self.boxes.items()}, self.choice[order])
-        self.lower, self.choice = self.lower[keep], self.choice[keep]
-        self.boxes = {n: (lo[keep], hi[keep]) for n, (lo, hi) in self.boxes.items()}
+        taken = self.select(order)
+        rest = self.select(keep)
+        self.lower, self.boxes, self.choice, self.warm = rest.lower, rest.boxes, rest.choice, rest.warm
         return taken
 
-    def select(self, mask: torch.Tensor) -> DomainStore:
-        """The subdomains where ``mask`` holds (a new store)."""
-        return DomainStore(self.nodes, self.lower[mask], {n: (lo[mask], hi[mask]) for n, (lo, hi) in
-                                                          self.boxes.items()}, self.choice[mask])
+    def select(self, index: torch.Tensor) -> DomainStore:
+        """The subdomains ``index`` (a bool mask or indices) as a new store."""
+        return DomainStore(self.nodes, self.lower[index], {n: (lo[index], hi[index]) for n, (lo, hi) in
+                                                           self.boxes.items()}, self.choice[index],
+                           self.warm.index(index) if self.warm is not None else None)

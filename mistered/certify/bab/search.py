@@ -1,14 +1,15 @@
 """Branch and bound over ReLU splits, many subdomains bounded at once (:mod:`.bounding`).
 
-The root (the whole box) is bounded first; while open subdomains remain and time is left, the ``batch`` with the
-least lower bounds are each split on their best-scored unstable neuron (BaBSR-style scores, chosen when they were
-bounded), and the ``2 x batch`` children are bounded as one tensor computation. A child's bound is at least its
-parent's (the parent's bound holds on the child), so the anytime lower bound — the least over the open
-subdomains and the pruned leaves — never decreases. Children with a positive bound (or an empty domain) are
-pruned. Every bounded subdomain gives a candidate point (the minimiser of its linear bound at a box corner, then
-a few signed-gradient steps on ``g`` inside the box); a point with ``g(x) <= 0`` by a plain forward pass is a
-counterexample. A subdomain without an unstable neuron left that is still not proved stays open: the answer is
-then ``unknown``, never ``verified``.
+The root (the whole box, its intermediate bounds tightened once by :mod:`.root`) is bounded first; while open
+subdomains remain and time is left, the ``batch`` with the least lower bounds are each split on one unstable neuron
+(the best of their BaBSR-scored candidates by strong branching, :mod:`.branching`), and the ``2 x batch`` children
+are bounded as one tensor computation, their α and β starting from their parent's optimised ones
+(:mod:`.bounding`). A child's bound is at least its parent's (the parent's bound holds on the child), so the
+anytime lower bound — the least over the open subdomains and the pruned leaves — never decreases. Children with a
+positive bound (or an empty domain) are pruned. Every bounded subdomain gives a candidate point (the minimiser of
+its linear bound at a box corner, then a few signed-gradient steps on ``g`` inside the box); a point with
+``g(x) <= 0`` by a plain forward pass is a counterexample. A subdomain without an unstable neuron left that is
+still not proved stays open: the answer is then ``unknown``, never ``verified``.
 
 Example:
     >>> result = bab(graph, InputSet.ball(x, 0.03), margin_spec(y, 10)[0], timeout=60)
@@ -20,16 +21,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ...errors import InvalidInputError, UnsoundResultError
+from ..bounds.alpha import AlphaOptions
 from ..bounds.input_set import InputSet
 from ..graph.graph import BoundGraph
-from .bounding import BoundOptions, bound_batch
+from .bounding import BoundOptions, DomainBoxes, WarmStart, bound_batch
+from .branching import strong_branching
 from .domains import DomainStore, split
 from .problem import BabProblem
+from .root import root_boxes
 
 __all__ = ["BabOptions", "BabResult", "BabRun", "bab"]
 
@@ -49,18 +53,24 @@ class BabOptions:
         attack_steps: signed-gradient steps from each subdomain's candidate (0: the corner only).
         max_domains: most open subdomains kept (memory); beyond it the search stops with ``unknown``.
         max_steps: most branching steps (``None``: until solved or out of time).
+        root: the α-CROWN that tightens the root's intermediate bounds (:mod:`.root`; ``iterations=0``: CROWN's).
+        candidates: split candidates per subdomain compared by bounding their children (:mod:`.branching`;
+            1: BaBSR's best-scored neuron).
     """
 
     batch: int = 128
     bound: BoundOptions = field(default_factory=BoundOptions)
+    root: AlphaOptions = field(default_factory=lambda: AlphaOptions(max_slopes=1 << 24))
+    candidates: int = 3
     attack_steps: int = 2
     max_domains: int = 50_000
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.max_domains < 1 or self.attack_steps < 0 or \
+        if self.batch < 1 or self.max_domains < 1 or self.attack_steps < 0 or self.candidates < 1 or \
                 (self.max_steps is not None and self.max_steps < 0):
-            raise InvalidInputError("bab needs batch >= 1, max_domains >= 1, attack_steps >= 0, max_steps >= 0")
+            raise InvalidInputError("bab needs batch >= 1, max_domains >= 1, attack_steps >= 0, candidates >= 1, "
+                                    "max_steps >= 0")
 
 
 @dataclass
@@ -117,9 +127,11 @@ class _Search:
         if float(values[k]) < self.best_value:
             self.best_value, self.best_x = float(values[k]), points[k].clone()
 
-    def bound(self, known: dict, count: int, parent: torch.Tensor | None) -> DomainStore:
-        """Bound ``count`` subdomains; returns the open ones (pruned ones recorded)."""
-        out = bound_batch(self.problem, known, count, self.options.bound)
+    def bound(self, known: dict, count: int, parent: torch.Tensor | None, warm: WarmStart | None = None,
+              options: BoundOptions | None = None) -> DomainStore:
+        """Bound ``count`` subdomains (α and β from ``warm``; ``options``: default the search's); returns the open
+        ones (pruned ones recorded)."""
+        out = bound_batch(self.problem, known, count, options or self.options.bound, warm)
         self.domains += count
         lower = out.lower if parent is None else torch.maximum(out.lower, parent)
         out.lower = lower
@@ -128,7 +140,7 @@ class _Search:
         finite = lower[closed & torch.isfinite(lower)]
         if finite.numel():
             self.pruned = min(self.pruned, float(finite.min()))
-        return DomainStore.from_batch(self.nodes, out, ~closed)
+        return DomainStore.from_batch(self.nodes, out, ~closed, self.options.candidates)
 
     def lower_bound(self, store: DomainStore) -> float:
         least = min(store.least(), self.stuck.least() if self.stuck is not None else math.inf, self.pruned)
@@ -142,7 +154,7 @@ class _Search:
 
     def park_stuck(self, store: DomainStore) -> DomainStore:
         """Move the subdomains with nothing left to split out of ``store``; returns the rest."""
-        stuck = store.choice[:, 0] < 0
+        stuck = store.choice[:, 0, 0] < 0
         if bool(stuck.any()):
             parked = store.select(stuck)
             if self.stuck is None:
@@ -162,12 +174,15 @@ def _status(search: _Search, store: DomainStore, steps_left: bool) -> str:
 
 class BabRun:
     """A branch and bound that can be continued: :meth:`advance` searches for more seconds from where the last
-    call stopped (the same arguments as :func:`bab`, without the time limit)."""
+    call stopped (the same arguments as :func:`bab`, without the time limit). ``root``: the root's boxes of the
+    split nodes where already known (:func:`.root.root_boxes`, e.g. shared by the conjunctions of one box);
+    otherwise the first :meth:`advance` computes them."""
 
     def __init__(self, graph: BoundGraph, input_set: InputSet, spec: torch.Tensor, rhs: torch.Tensor | None = None,
-                 groups: torch.Tensor | None = None, options: BabOptions = BabOptions()) -> None:
+                 groups: torch.Tensor | None = None, options: BabOptions = BabOptions(),
+                 root: DomainBoxes | None = None) -> None:
         self.problem = BabProblem.build(graph, input_set, spec, rhs, groups)
-        self.options = options
+        self.options, self.root = options, root
         self.search = _Search(self.problem, options)
         self.store: DomainStore | None = None
         self.steps = 0
@@ -188,7 +203,13 @@ class BabRun:
             return self.result
         search.start, search.timeout = time.monotonic(), timeout
         if self.store is None:
-            self.store = search.park_stuck(search.bound({}, 1, None))
+            if self.root is None:
+                problem = self.problem
+                self.root = root_boxes(problem.graph, problem.input_set, problem.spec[:, None], problem.split_nodes,
+                                       options.root, options.bound.max_elements, search.start + timeout)
+            at_root = replace(options.bound, iterations=max(options.bound.iterations, options.root.iterations),
+                              lr_alpha=max(options.bound.lr_alpha, options.root.lr))  # α starts cold here
+            self.store = search.park_stuck(search.bound(self.root, 1, None, options=at_root))
         store, steps_left = self.store, True
         limit = min(options.max_steps if options.max_steps is not None else math.inf,
                     self.steps + steps if steps is not None else math.inf)
@@ -198,8 +219,10 @@ class BabRun:
             if search.expired() or not steps_left or len(store) > options.max_domains:
                 break
             parents = store.pop(options.batch)
-            children = split(parents.boxes, parents.choice, search.nodes, self.problem.split_nodes)
-            store.add(search.park_stuck(search.bound(children, 2 * len(parents), parents.lower.repeat(2))))
+            choice = strong_branching(self.problem, parents, options.bound)
+            children = split(parents.boxes, choice, search.nodes, self.problem.split_nodes)
+            warm = parents.warm.cat(parents.warm) if parents.warm is not None else None  # as split orders them
+            store.add(search.park_stuck(search.bound(children, 2 * len(parents), parents.lower.repeat(2), warm)))
             self.steps += 1
             logger.debug("bab step %d: %d open, lower bound %.6g", self.steps, len(store), search.lower_bound(store))
         search.check(store)

@@ -2,7 +2,8 @@
 
 Each open conjunction ``C y <= d`` of each open region is its own :func:`~.search.bab` problem: ``g(x) = max_i
 (C_i f(x) - d_i)`` over the region's box (one group), proved when ``g > 0``. The conjunctions the attack came
-closest to violating go first; they take turns with slices of time doubling every round (each search continues
+closest to violating go first; the root's intermediate bounds are tightened once per region for all of them
+(:mod:`.root`); they take turns with slices of time doubling every round (each search continues
 where it stopped). A counterexample ends the step
 at once (the verifier re-checks it); otherwise every conjunction's bound is raised to what the search proved.
 
@@ -13,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -22,6 +24,7 @@ from ..verify.deadline import Deadline
 from ..verify.incomplete import box_input_set
 from ..verify.network import Network
 from ..verify.property import Property
+from .root import root_boxes
 from .search import BabOptions, BabRun
 
 __all__ = ["BabStep"]
@@ -60,6 +63,7 @@ class BabStep:
                                 graph.device)
             spec = conjunction.coef.reshape(conjunction.rows, *graph.output_shape)
             runs[i, k] = BabRun(graph, box, spec, conjunction.rhs, torch.zeros(conjunction.rows), self.options)
+        self._share_root_boxes(runs, deadline)
         slice_s = self.first_slice
         while runs and not deadline.expired():
             for (i, k), run in list(runs.items()):
@@ -77,3 +81,17 @@ class BabStep:
                     del runs[i, k]
             slice_s *= 2
         return CompleteOutcome(lower, [])
+
+    def _share_root_boxes(self, runs: dict[tuple[int, int], BabRun], deadline: Deadline) -> None:
+        """One :func:`~.root.root_boxes` per region (its box is every conjunction's), for all its conjunctions'
+        rows at once, given to each of its runs."""
+        for region in sorted({i for i, _ in runs}):
+            if deadline.expired():
+                return
+            mine = [run for (i, _), run in runs.items() if i == region]
+            first = mine[0].problem
+            spec = torch.cat([run.problem.spec for run in mine])[:, None]
+            boxes = root_boxes(first.graph, first.input_set, spec, first.split_nodes, self.options.root,
+                               self.options.bound.max_elements, time.monotonic() + deadline.remaining())
+            for run in mine:
+                run.root = boxes

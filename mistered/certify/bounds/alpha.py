@@ -35,7 +35,7 @@ from .crown import DEFAULT_MAX_ELEMENTS, crown_bounds
 from .input_set import InputSet
 from .relaxations import AdaptiveSlopes, Slopes
 
-__all__ = ["AlphaOptions", "AlphaSlopes", "alpha_crown"]
+__all__ = ["AlphaOptions", "AlphaSlopes", "SlopeOptimizer", "alpha_crown", "intermediate_slopes"]
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,36 @@ class AlphaSlopes:
             p.clamp_(0.0, 1.0)
 
 
-def _intermediate_slopes(graph: BoundGraph, rows: dict[str, torch.Tensor], batch: int) -> int:
-    """How many slope values optimising every intermediate bound creates (an upper estimate)."""
+def intermediate_slopes(graph: BoundGraph, rows: dict[str, torch.Tensor], batch: int = 1) -> int:
+    """How many slope values optimising every refined neuron's bounds creates for ``batch`` examples (an upper
+    estimate); ``rows`` as :func:`~mistered.certify.bounds.crown.crown_bounds` fills it."""
     relu = {n.name: n.numel * len(n.op.breaks) for n in graph if isinstance(n.op, PiecewiseLinear)}
     return sum(2 * r.numel() * batch * sum(relu.get(a, 0) for a in graph.ancestors(start)) for start, r in rows.items())
+
+
+class SlopeOptimizer:
+    """Adam (with exponential learning-rate decay) over the slopes of an :class:`AlphaSlopes`, maximising a sum of
+    lower bounds; the optimizer is made at the first step, after the slopes exist."""
+
+    def __init__(self, source: AlphaSlopes, options: AlphaOptions) -> None:
+        self.source, self.options = source, options
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    def step(self, lower: torch.Tensor) -> bool:
+        """One ascent step on ``lower.sum()`` then the projection into ``[0, 1]``; ``False`` (no step) when the
+        bound has no slopes to optimise."""
+        if not self.source.params:
+            return False
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(list(self.source.params.values()), lr=self.options.lr)
+            self.schedule = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, self.options.lr_decay)
+        self.optimizer.zero_grad(set_to_none=True)
+        (-lower.sum()).backward()
+        self.optimizer.step()
+        self.schedule.step()
+        self.source.project_()
+        return True
 
 
 def alpha_crown(graph: BoundGraph, input_set: InputSet, spec: torch.Tensor, options: AlphaOptions = AlphaOptions(),
@@ -127,7 +153,7 @@ def alpha_crown(graph: BoundGraph, input_set: InputSet, spec: torch.Tensor, opti
     with torch.no_grad():  # CROWN's intermediate bounds, and the neurons every iteration refines
         fixed = crown_bounds(graph, input_set, max_elements=max_elements, rows=rows)
     if options.optimize_intermediate:
-        needed = _intermediate_slopes(graph, rows, input_set.batch)
+        needed = intermediate_slopes(graph, rows, input_set.batch)
         if needed > options.max_slopes:
             raise InvalidInputError(
                 f"optimising the intermediate bounds of this network needs {needed:,} slopes (more than max_slopes = "
@@ -136,20 +162,12 @@ def alpha_crown(graph: BoundGraph, input_set: InputSet, spec: torch.Tensor, opti
             )
         fixed = None
     every_row = torch.arange(spec.shape[0], device=spec.device)
-    best, optimizer, schedule = None, None, None
+    best, optimizer = None, SlopeOptimizer(source, options)
     for step in range(options.iterations + 1):
         with torch.enable_grad():
             boxes = fixed if fixed is not None else crown_bounds(graph, input_set, source, max_elements, rows)
             lower = backward_lower(graph, graph.output, spec, boxes, input_set, source.bind(graph.output, every_row))
         best = lower.detach() if best is None else torch.maximum(best, lower.detach())
-        if step == options.iterations or not source.params:
+        if step == options.iterations or not optimizer.step(lower):
             break
-        if optimizer is None:
-            optimizer = torch.optim.Adam(list(source.params.values()), lr=options.lr)
-            schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, options.lr_decay)
-        optimizer.zero_grad(set_to_none=True)
-        (-lower.sum()).backward()
-        optimizer.step()
-        schedule.step()
-        source.project_()
     return best
