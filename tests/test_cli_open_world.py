@@ -47,7 +47,7 @@ MEAN, STD = "0.5,0.4,0.3", "0.25,0.25,0.25"
 QUICK = {
     "attack": ["--threat", "linf(0.05)", "--steps", "2"],
     "evaluate": ["--threat", "linf", "--threat", "l2", "--eps", "linf=0.02", "--eps", "l2=0.1", "--steps", "2",
-                 "--autoattack", "off", "--square-queries", "0", "--certify", "lmt,geocert", "--geocert-n", "1"],
+                 "--autoattack", "off", "--square-queries", "0", "--certify", "lmt,exact", "--exact-n", "1"],
     "train": ["--epochs", "1", "--batch-size", "4", "--eval-n", "4", "--threat", "linf(0.02)", "--attack-steps", "1"],
     "certify": ["--method", "lmt", "--eps", "0.01,0.1"],
     "lipschitz": ["--methods", "naive,fastlip", "--eps", "0.01"],
@@ -111,8 +111,8 @@ def test_certifiers_run_on_the_users_model_or_name_what_they_cannot_handle(user_
             result.output
 
 
-def test_geocert_certifies_the_users_model_exactly(user_files, tmp_path):
-    args = ["certify", "--method", "geocert", "--norm", "linf", "--n", "2", *_model_args(user_files, "python"),
+def test_the_exact_search_certifies_the_users_model_exactly(user_files, tmp_path):
+    args = ["certify", "--method", "exact", "--norm", "linf", "--n", "2", *_model_args(user_files, "python"),
             "--mean", MEAN, "--std", STD, "--data", str(user_files / "images"), "--quiet", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

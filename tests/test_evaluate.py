@@ -15,7 +15,7 @@ from mistered.evaluate import CERTIFIERS, CertifierSpec, EvaluateConfig, evaluat
 from mistered.evaluate.sanity import check_model_outputs
 from mistered.io import safe_torch_load
 
-LIGHT = {"steps": 5, "square_queries": 10, "batch_size": 3, "geocert_time": 30.0}
+LIGHT = {"steps": 5, "square_queries": 10, "batch_size": 3, "exact_time": 30.0}
 
 
 def _tiny_net(seed: int = 0) -> nn.Module:
@@ -38,7 +38,7 @@ def tiny_run(tmp_path_factory):
     model = _tiny_net()
     data = _data(model)
     out = tmp_path_factory.mktemp("eval")
-    config = EvaluateConfig(eps={"linf": (0.02, 0.05, 0.1, 0.2), "l2": (0.05, 0.2, 0.5, 1.0)}, geocert_n=6, **LIGHT)
+    config = EvaluateConfig(eps={"linf": (0.02, 0.05, 0.1, 0.2), "l2": (0.05, 0.2, 0.5, 1.0)}, exact_n=6, **LIGHT)
     record = evaluate(model, data, out, config, model_name="tiny")
     return model, data, out, record
 
@@ -52,7 +52,7 @@ def test_empirical_is_above_exact_which_is_above_certified_at_every_eps(tiny_run
         for method, certified in point["certified"].items():
             assert certified["n"] == 6 and certified["accuracy"] <= exact["accuracy"] + 1e-9, (method, point)
     methods = {m for p in record["summary"]["points"] for m in p["certified"]}
-    assert methods == {"lmt", "geocert"}
+    assert methods == {"lmt", "exact"}
 
 
 def test_the_bounds_are_not_vacuous_on_the_tiny_net(tiny_run):
@@ -155,14 +155,14 @@ def test_bundled_lmt_model_keeps_empirical_above_certified(tmp_path):
 
     model = load_model("mnist-lmt")
     data = load_dataset("mnist-5k", "test").subset(6)
-    config = EvaluateConfig(threats=("l2",), eps={"linf": (0.1,), "l2": (0.5, 1.5)}, certify=("lmt", "geocert"),
+    config = EvaluateConfig(threats=("l2",), eps={"linf": (0.1,), "l2": (0.5, 1.5)}, certify=("lmt", "exact"),
                             steps=5, square_queries=0, cw=False, autoattack="off", batch_size=6)
     record = evaluate(model, data, tmp_path, config, model_name="mnist-lmt")
     for point in record["summary"]["points"]:
         assert point["certified"]["lmt"]["accuracy"] <= point["robust_accuracy"]
     assert record["summary"]["points"][0]["certified"]["lmt"]["accuracy"] > 0
-    geocert = [p for p in record["summary"]["certifiers"] if p["method"] == "geocert"]
-    assert geocert and not geocert[0]["applies"] and "ReLUs" in geocert[0]["reason"]
+    exact = [p for p in record["summary"]["certifiers"] if p["method"] == "exact"]
+    assert exact and not exact[0]["applies"] and "ReLUs" in exact[0]["reason"]
 
 
 def test_bundled_linf_dist_model_keeps_empirical_above_certified(tmp_path):

@@ -83,3 +83,16 @@ def test_a_spec_with_commas_is_one_threat_in_threat_and_in_the_deprecated_threat
         assert result.exit_code == 0, result.output
         points = json.loads((tmp_path / name / "results.json").read_text())["summary"]["points"]
         assert [p["entry"] for p in points] == ["affine(10deg,0.1)", "l2"]
+
+
+def test_the_deprecated_geocert_names_warn_and_run_the_exact_search(tmp_path):
+    base = ["--model", "mnist-fc", "--n", "2", "--threats", "linf", "--eps", "linf=0.05", "--steps", "2",
+            "--autoattack", "off", "--square-queries", "0"]
+    old = _run(*base, "--certify", "geocert", "--geocert-n", "1", "--geocert-time", "3", "--out", str(tmp_path / "old"))
+    new = _run(*base, "--certify", "exact", "--exact-n", "1", "--exact-time", "3", "--out", str(tmp_path / "new"))
+    assert old.exit_code == 0 and new.exit_code == 0, old.output + new.output
+    assert "--certify geocert is deprecated" in old.output and "--geocert-n is deprecated" in old.output
+    assert "is deprecated" not in new.output
+    records = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("old", "new")]
+    assert [[c["method"] for c in r["summary"]["certifiers"]] for r in records] == [["exact"], ["exact"]]
+    assert records[0]["settings"]["exact_n"] == records[1]["settings"]["exact_n"] == 1

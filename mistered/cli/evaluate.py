@@ -19,7 +19,18 @@ __all__ = ["evaluate", "threat_entries"]
 
 
 def _names(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if "geocert" in names:
+        click.echo("warning: --certify geocert is deprecated; use --certify exact", err=True)
+    return tuple("exact" if name == "geocert" else name for name in names)
+
+
+def _renamed_option(options: dict[str, Any], old: str, new: str) -> Any:
+    """The value of ``--new``, or of its deprecated spelling ``--old`` (with a warning) when that was given."""
+    if options[old] is None:
+        return options[new]
+    click.echo(f"warning: --{old.replace('_', '-')} is deprecated; use --{new.replace('_', '-')}", err=True)
+    return options[old]
 
 
 def threat_entries(threat: tuple[str, ...], threats: str | None) -> tuple[str, ...]:
@@ -41,8 +52,9 @@ def threat_entries(threat: tuple[str, ...], threats: str | None) -> tuple[str, .
                    "0.02 or --threat combined --sweep lpips=0.01,0.015; names: linf, l2, angle, translation, scale, "
                    "flow, smoothness and the metrics of perceptual bounds (lpips, dssim ...). robustness.png plots "
                    "accuracy against it.")
-@click.option("--certify", default="lmt,linf-dist,geocert", show_default=True,
-              help="Certifiers to try (those that do not apply are listed with the reason); empty for none.")
+@click.option("--certify", default="lmt,linf-dist,exact", show_default=True,
+              help="Certifiers to try (those that do not apply are listed with the reason); empty for none. exact: "
+                   "exact minimal distances (geocert: its deprecated name).")
 @click.option("--steps", default=20, show_default=True, type=int, help="Attack iterations (PGD, APGD, CW).")
 @click.option("--restarts", default=1, show_default=True, type=int, help="PGD random restarts.")
 @click.option("--autoattack", type=click.Choice(["standard", "fast", "off"]), default="fast", show_default=True,
@@ -51,8 +63,10 @@ def threat_entries(threat: tuple[str, ...], threats: str | None) -> tuple[str, .
               help="Queries of the gradient-free Square attack, the gradient-masking check (0: off).")
 @click.option("--cw/--no-cw", default=False, show_default=True,
               help="Add Carlini-Wagner L2 to the L2 ensemble (slow on CPU).")
-@click.option("--geocert-n", default=3, show_default=True, type=int, help="Examples GeoCert certifies exactly.")
-@click.option("--geocert-time", default=5.0, show_default=True, type=float, help="GeoCert seconds per example.")
+@click.option("--exact-n", default=3, show_default=True, type=int, help="Examples the exact search certifies.")
+@click.option("--exact-time", default=5.0, show_default=True, type=float, help="Exact search seconds per example.")
+@click.option("--geocert-n", type=int, default=None, hidden=True, help="Deprecated: --exact-n.")
+@click.option("--geocert-time", type=float, default=None, hidden=True, help="Deprecated: --exact-time.")
 @click.option("--compile/--no-compile", "compile", default=False, show_default=True,
               help="L-inf-dist nets: the compiled p = inf kernel (same results; pays ~2-4 s of compiling per layer "
                    "width; falls back to the eager kernel with a warning when no C++ compiler works).")
@@ -77,8 +91,10 @@ def evaluate(**options: Any) -> None:
         threats=threats, eps=parse_eps(options["eps"]), sweep=parse_sweeps(options["sweep"]),
         certify=_names(options["certify"]),
         steps=options["steps"], restarts=options["restarts"], autoattack=options["autoattack"],
-        square_queries=options["square_queries"], cw=options["cw"], geocert_n=options["geocert_n"],
-        geocert_time=options["geocert_time"], batch_size=options["batch_size"], seed=options["seed"],
+        square_queries=options["square_queries"], cw=options["cw"],
+        exact_n=_renamed_option(options, "geocert_n", "exact_n"),
+        exact_time=_renamed_option(options, "geocert_time", "exact_time"), batch_size=options["batch_size"],
+        seed=options["seed"],
     )
     config.validate()
     points = build_points(config.threats, config.eps, config.sweep)  # a bad threat is an error before any work

@@ -1,7 +1,7 @@
 """Certified robustness: run the planned certifiers chunk by chunk (resumable), and read accuracies off them.
 
 A certificate holds per-example radii, so each certifier runs once per norm and is read at every ε:
-certified accuracy is the fraction with ``radius > eps``; an exact certifier (GeoCert) also gives the
+certified accuracy is the fraction with ``radius > eps``; an exact certifier (``exact``) also gives the
 exact robust accuracy where every example is decided (``lower > eps``: robust, ``upper <= eps``: not).
 """
 

@@ -7,12 +7,14 @@ The built-in ones (:data:`CERTIFIERS`):
 * ``lmt`` — L2, any model :class:`~mistered.certify.lipschitz.global_bound.LipschitzBound` supports (sound on every
   such model, tight only on LMT-trained ones);
 * ``linf-dist`` — L∞, L∞-dist nets only;
-* ``geocert`` — L2 and L∞, exact, on piecewise-linear (ReLU) nets with at most
-  :data:`MAX_GEOCERT_RELUS` ReLUs, on the first ``geocert_n`` examples.
+* ``exact`` — L2 and L∞, exact minimal distances (:func:`~mistered.certify.exact.exact_distance`, its automatic
+  search) on piecewise-linear (ReLU) nets with at most :data:`MAX_EXACT_RELUS` ReLUs, on the first ``exact_n``
+  examples; ``geocert`` is its deprecated name.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -23,13 +25,13 @@ from ..certify.certificate import Certificate
 from ..errors import InvalidInputError, UnsupportedLayerError
 from ..validation import describe_model
 
-__all__ = ["CertifierSpec", "CertifierPlan", "CERTIFIERS", "MAX_GEOCERT_RELUS", "plan_certifiers"]
+__all__ = ["CertifierSpec", "CertifierPlan", "CERTIFIERS", "MAX_EXACT_RELUS", "plan_certifiers"]
 
 #: Certify a batch ``(x (B, C, H, W), y (B,)) -> Certificate``.
 CertifyFn = Callable[[torch.Tensor, torch.Tensor], Certificate]
 
 #: Above this many ReLUs an exact search over linear regions is hopeless on a CPU budget.
-MAX_GEOCERT_RELUS = 2000
+MAX_EXACT_RELUS = 2000
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class CertifierSpec:
         check: ``check(model, input_shape) -> reason or None``: why it cannot certify ``model`` (``None``: it can).
         build: ``build(model, norm, time_limit) -> certify(x, y)``; ``time_limit`` is seconds per example.
         exact: its radii can be exact (status ``"exact"``): it gives the exact robust accuracy.
-        subset: it runs on the first ``geocert_n`` examples only (expensive), one example per saved chunk.
+        subset: it runs on the first ``exact_n`` examples only (expensive), one example per saved chunk.
     """
 
     name: str
@@ -94,7 +96,7 @@ def _linf_dist_build(model: nn.Module, norm: str, time_limit: float) -> CertifyF
     return lambda x, y: certify_linf_dist(model, x, y)
 
 
-def _geocert_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+def _exact_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     from ..certify.exact import relu_neurons
     from ..certify.graph.piecewise import check_piecewise_model
     from ..certify.graph.piecewise_lowering import lower_module
@@ -102,8 +104,8 @@ def _geocert_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None
 
     try:
         relus = relu_neurons(trace_graph(check_piecewise_model(model), input_shape))
-        if relus > MAX_GEOCERT_RELUS:
-            return (f"{relus} ReLUs is too many for an exact search (at most {MAX_GEOCERT_RELUS}); "
+        if relus > MAX_EXACT_RELUS:
+            return (f"{relus} ReLUs is too many for an exact search (at most {MAX_EXACT_RELUS}); "
                     "use a small fully connected net such as mnist-fc")
         lower_module(model, input_shape, domain=(0.0, 1.0))
     except (UnsupportedLayerError, InvalidInputError) as error:
@@ -111,7 +113,7 @@ def _geocert_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None
     return None
 
 
-def _geocert_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
+def _exact_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
     from ..certify.exact import PIXEL_DOMAIN, exact_distance
     from ..certify.graph.piecewise import PiecewiseLinearNet, as_plnet
 
@@ -129,8 +131,18 @@ def _geocert_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
 CERTIFIERS: dict[str, CertifierSpec] = {
     "lmt": CertifierSpec("lmt", ("l2",), _lmt_check, _lmt_build),
     "linf-dist": CertifierSpec("linf-dist", ("linf",), _linf_dist_check, _linf_dist_build),
-    "geocert": CertifierSpec("geocert", ("l2", "linf"), _geocert_check, _geocert_build, exact=True, subset=True),
+    "exact": CertifierSpec("exact", ("l2", "linf"), _exact_check, _exact_build, exact=True, subset=True),
 }
+
+
+#: deprecated certifier names -> today's
+_RENAMED = {"geocert": "exact"}
+
+
+def _renamed(method: str) -> str:
+    if method in _RENAMED:
+        warnings.warn(f"the certifier {method!r} is now called {_RENAMED[method]!r}", DeprecationWarning, stacklevel=3)
+    return _RENAMED.get(method, method)
 
 
 def plan_certifiers(model: nn.Module, input_shape: tuple[int, ...], norms: list[str] | tuple[str, ...],
@@ -148,6 +160,7 @@ def plan_certifiers(model: nn.Module, input_shape: tuple[int, ...], norms: list[
     Raises:
         InvalidInputError: an unknown method name.
     """
+    methods = [_renamed(m) for m in methods]
     unknown = [m for m in methods if m not in certifiers]
     if unknown:
         raise InvalidInputError(f"unknown certifier(s) {unknown}; choose from {', '.join(certifiers)}")

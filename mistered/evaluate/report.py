@@ -49,7 +49,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
 
 def robustness_figure(summary: dict[str, Any], title: str = "") -> Figure:
     """Accuracy against the swept budget, one panel per curve (``series`` of the summary's points; the x axis is
-    the budget that varies, labelled with its name and unit): the empirical (attack) curve, GeoCert's exact points
+    the budget that varies, labelled with its name and unit): the empirical (attack) curve, the exact search's points
     and the certified curves where a certifier ran (additive threats), clean accuracy as a dotted line."""
     from matplotlib.figure import Figure
 
@@ -81,7 +81,7 @@ def _plot_curve(ax: Any, points: list[dict[str, Any]], clean_accuracy: float) ->
     exact = [(p["budget"], p["exact"]["accuracy"]) for p in points if p["exact"] and p["exact"]["accuracy"] is not None]
     if exact:
         n_exact = next(p["exact"]["n"] for p in points if p["exact"])
-        ax.plot(*zip(*exact), "D", color="black", markersize=7, label=f"exact (GeoCert, first {n_exact})")
+        ax.plot(*zip(*exact), "D", color="black", markersize=7, label=f"exact (first {n_exact})")
         on_subset = [(p["budget"], p["exact"]["empirical_on_subset"]) for p in points
                      if p["exact"] and p["exact"]["accuracy"] is not None]
         ax.plot(*zip(*on_subset), "o", mfc="none", color="tab:red", markersize=10,

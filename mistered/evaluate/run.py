@@ -45,7 +45,7 @@ class EvaluateConfig:
         certify: certifier names (keys of :data:`~mistered.evaluate.plan.CERTIFIERS`).
         steps, restarts: attack iterations and PGD restarts; autoattack: ``standard|fast|off``;
         square_queries: gradient-free check (0: off); cw: Carlini-Wagner for L2.
-        geocert_n: examples GeoCert certifies (the first ones); geocert_time: its seconds per example.
+        exact_n: examples the exact search certifies (the first ones); exact_time: its seconds per example.
         batch_size: examples per chunk (the unit saved for resuming); seed: the attacks' seed.
     """
 
@@ -58,8 +58,8 @@ class EvaluateConfig:
     autoattack: str = "fast"
     square_queries: int = 50
     cw: bool = False
-    geocert_n: int = 3
-    geocert_time: float = 5.0
+    exact_n: int = 3
+    exact_time: float = 5.0
     batch_size: int = 50
     seed: int = 0
 
@@ -68,11 +68,11 @@ class EvaluateConfig:
         for name in ("steps", "restarts", "batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        for name in ("square_queries", "geocert_n"):
+        for name in ("square_queries", "exact_n"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if not self.geocert_time > 0:
-            raise InvalidInputError(f"--geocert-time must be positive seconds, got {self.geocert_time}")
+        if not self.exact_time > 0:
+            raise InvalidInputError(f"--exact-time must be positive seconds, got {self.exact_time}")
         if self.autoattack not in AUTOATTACK_MODES:
             raise InvalidInputError(f"--autoattack must be one of {', '.join(AUTOATTACK_MODES)}, got {self.autoattack!r}")
 
@@ -199,7 +199,7 @@ class _BatchWork:
 
         def get() -> CertifyFn:
             if key not in self.built:
-                self.built[key] = self.certifiers[plan.method].build(self.model, plan.norm, self.config.geocert_time)
+                self.built[key] = self.certifiers[plan.method].build(self.model, plan.norm, self.config.exact_time)
             return self.built[key]
 
         return get
@@ -216,7 +216,7 @@ class _BatchWork:
         certs = {}
         for plan in (p for p in self.plans if p.applies):
             part = certify_chunk(plan, self.certifiers[plan.method], self._certifier(plan), x, y, start, self.state,
-                                 self.config.geocert_n, dev, self.on_chunk)
+                                 self.config.exact_n, dev, self.on_chunk)
             if part is None:
                 continue
             certs[f"{plan.method}/{plan.norm}"] = part
