@@ -152,9 +152,9 @@ def test_linf_dist_names_a_torchscript_model():
 def test_the_evaluation_plan_gives_reasons_for_a_torchscript_model_instead_of_crashing():
     from mistered.evaluate.plan import plan_certifiers
 
-    plans = plan_certifiers(torch.jit.script(_net()), (1, 2, 2), ["l2", "linf"], ["lmt", "linf-dist", "geocert"])
+    plans = plan_certifiers(torch.jit.script(_net()), (1, 2, 2), ["l2", "linf"], ["lmt", "linf-dist", "exact"])
     reasons = {(p.method, p.norm): p.reason for p in plans if not p.applies}
-    assert "TorchScript" in reasons[("lmt", "l2")] and "TorchScript" in reasons[("geocert", "linf")]
+    assert "TorchScript" in reasons[("lmt", "l2")] and "TorchScript" in reasons[("exact", "linf")]
     assert "TorchScript" in reasons[("linf-dist", "linf")]
 
 
