@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import machine_description, update_section  # noqa: E402
 
 from mistered.certify.exact import exact_distance  # noqa: E402
-from mistered.certify.graph.piecewise import as_plnet  # noqa: E402
+from mistered.certify.graph.piecewise_lowering import as_plnet  # noqa: E402
 from mistered.data import load_dataset  # noqa: E402
 
 SEARCHES = ("branch-linf", "branch-l2", "mip-linf")

@@ -155,7 +155,7 @@ def test_cuda_gives_the_cpu_bounds(name):
 def test_the_certify_package_exposes_its_public_api_first():
     import mistered.certify as certify
     from mistered.certify.bounds import certified_radius, margin_lower_bounds
-    from mistered.certify.exact.geocert import certify_geocert
+    from mistered.certify.exact import certify_geocert
     from mistered.certify.smoothing import smooth
 
     assert certify.margin_bounds is margin_lower_bounds and certify.certified_radius is certified_radius

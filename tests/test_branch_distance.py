@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mistered.certify.exact.branch import _CUTS_FROM, _relaxation, branch_and_bound_distance
-from mistered.certify.exact.geocert import certify_geocert, geocert, start_search
+from mistered.certify.exact import certify_geocert, geocert
+from mistered.certify.exact.region_search import start_search
 from mistered.certify.exact.region_search import RegionSearch
 from mistered.certify.exact.mip import margin_net, mindist_mip
 from mistered.certify.solvers.projection import project_l2

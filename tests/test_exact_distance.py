@@ -13,7 +13,7 @@ from mistered.certify import exact_distance as public_exact_distance
 from mistered.certify.bounds import margin_lower_bounds
 from mistered.certify.exact import distance as distance_module
 from mistered.certify.exact import exact_distance
-from mistered.certify.exact.geocert import certify_geocert
+from mistered.certify.exact import certify_geocert
 from mistered.errors import InvalidInputError
 
 _ORDER = {"l1": 1, "l2": 2, "linf": math.inf}

@@ -13,7 +13,7 @@ from mistered.certify.exact.branch import branch_and_bound_distance
 from mistered.certify.exact.geocert import geocert
 from mistered.certify.exact.mip import mindist_mip
 from mistered.errors import UnsupportedLayerError
-from mistered.certify.graph.piecewise import PiecewiseLinearNet
+from mistered.certify.graph.piecewise_lowering import as_plnet
 from _nets import brute_force_distance_2d, random_box_crossing_net
 
 
@@ -119,4 +119,4 @@ def test_seeding_with_an_upper_bound_keeps_the_exact_radius():
 def test_unsupported_layer_is_named():
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
     with pytest.raises(UnsupportedLayerError, match=r"nn\.Tanh \(module '1'\)"):
-        PiecewiseLinearNet.from_module(model, (4,))
+        as_plnet(model, (4,))

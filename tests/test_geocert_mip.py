@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistered.certify.exact.geocert import certify_geocert, geocert
+from mistered.certify.exact import certify_geocert, geocert
 from mistered.certify.bounds.chain_interval import interval_bounds
 from mistered.certify.bounds.chain_linear import linear_bounds
 from mistered.certify.exact.mip import mindist_mip

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mistered.certify.exact.boundary_search import boundary_search
-from mistered.certify.exact.geocert import certify_geocert, geocert
+from mistered.certify.exact import certify_geocert, geocert
 from mistered.certify.exact.region_search import RegionSearch
 from mistered.certify.exact.halfspace import halfspace_projection
 from mistered.certify.solvers.projection import polytope_distance

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from mistered.certify.exact.geocert import certify_geocert, geocert
+from mistered.certify.exact import certify_geocert, geocert
 from mistered.models.linf_dist.hybrid import LinfDistHybrid
 from mistered.certify.lipschitz.linf_dist import certify_linf_dist_hybrid, hybrid_margin_lower_bound
 from mistered.models.linf_dist.nets import LinfDistNet

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-from mistered.certify.graph.piecewise import as_plnet
+from mistered.certify.graph.piecewise_lowering import as_plnet
 from mistered.certify.lipschitz.local import EstimatorOptions, estimate_lipschitz
 from mistered.cli import main
 from mistered.errors import InvalidInputError

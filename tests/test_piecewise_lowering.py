@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mistered.certify.bounds.chain_interval import interval_bounds
-from mistered.certify.graph.piecewise import PiecewiseLinearNet, as_plnet
+from mistered.certify.graph.piecewise import PiecewiseLinearNet
+from mistered.certify.graph.piecewise_lowering import as_plnet
 from mistered.certify.graph.piecewise_lowering import lower_graph, lower_module
 from mistered.certify.graph.trace import trace_graph
 from mistered.errors import UnsupportedLayerError
@@ -166,7 +167,7 @@ def test_an_operation_without_a_piecewise_linear_form_is_named_with_its_line():
             return self.fc(torch.tanh(x))
 
     with pytest.raises(UnsupportedLayerError, match=r"torch\.tanh at test_piecewise_lowering\.py:\d+"):
-        PiecewiseLinearNet.from_module(Smooth(), (4,))
+        as_plnet(Smooth(), (4,))
 
 
 def test_linf_dist_layers_are_refused_by_name():

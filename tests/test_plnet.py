@@ -8,6 +8,7 @@ from torch import nn
 
 from mistered.certify.graph.piecewise import PiecewiseLinearNet
 from mistered.errors import UnsupportedLayerError
+from mistered.certify.graph.piecewise_lowering import as_plnet
 
 
 class _Normalized(nn.Module):
@@ -87,14 +88,14 @@ def test_consecutive_affine_layers_are_merged():
 def test_unsupported_layer_is_named_with_its_position():
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Sequential(nn.Identity(), nn.Tanh()), nn.Flatten())
     with pytest.raises(UnsupportedLayerError, match=r"nn\.Tanh \(module '2\.1'\).*bounds support"):
-        PiecewiseLinearNet.from_module(net, (1, 8, 8))
+        as_plnet(net, (1, 8, 8))
 
 
 def test_max_pooling_in_a_sequential_is_lowered_through_the_graph():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Sequential(nn.Identity(), nn.MaxPool2d(2)), nn.Flatten(),
                         nn.Linear(18, 2))
-    pl = PiecewiseLinearNet.from_module(net, (1, 8, 8))
+    pl = as_plnet(net, (1, 8, 8))
     x = torch.randn(5, 1, 8, 8)
     torch.testing.assert_close(pl(x), net(x), rtol=1e-4, atol=1e-4)
 

@@ -29,7 +29,7 @@ MOVED_MODULES = {
     "mistered.certify.halfspace": "mistered.certify.exact.halfspace",
     "mistered.certify.boundary_search": "mistered.certify.exact.boundary_search",
     "mistered.certify.region_search": "mistered.certify.exact.region_search",
-    "mistered.certify.geocert": "mistered.certify.exact.geocert",
+    "mistered.certify.geocert": "mistered.certify.exact",  # geocert and its batch entry point's old name
     "mistered.certify.branch_distance": "mistered.certify.exact.branch",
     "mistered.certify.lmt": "mistered.certify.lipschitz.lmt",
     "mistered.certify.local_lipschitz": "mistered.certify.lipschitz.local",

@@ -115,7 +115,8 @@ def _exact_check(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 
 def _exact_build(model: nn.Module, norm: str, time_limit: float) -> CertifyFn:
     from ..certify.exact import PIXEL_DOMAIN, exact_distance
-    from ..certify.graph.piecewise import PiecewiseLinearNet, as_plnet
+    from ..certify.graph.piecewise import PiecewiseLinearNet
+    from ..certify.graph.piecewise_lowering import as_plnet
 
     nets: dict[tuple[int, ...], PiecewiseLinearNet] = {}
 

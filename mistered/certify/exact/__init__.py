@@ -13,6 +13,10 @@ Example:
     >>> cert.radius, cert.upper, cert.status       # (B,), (B,), ["exact", ...]
 """
 
-from .distance import AUTO_SEARCH, MAX_EXACT_NEURONS, PIXEL_DOMAIN, SEARCHES, exact_distance, relu_neurons
+from .distance import (
+    AUTO_SEARCH, MAX_EXACT_NEURONS, PIXEL_DOMAIN, SEARCHES, certify_geocert, exact_distance, relu_neurons,
+)
+from .geocert import geocert
 
-__all__ = ["exact_distance", "relu_neurons", "SEARCHES", "AUTO_SEARCH", "MAX_EXACT_NEURONS", "PIXEL_DOMAIN"]
+__all__ = ["exact_distance", "relu_neurons", "geocert", "certify_geocert", "SEARCHES", "AUTO_SEARCH",
+           "MAX_EXACT_NEURONS", "PIXEL_DOMAIN"]

@@ -139,16 +139,22 @@ def branch_and_bound_distance(
         if bound >= limit():
             continue
         counter = _branch(heap, counter, (bound, j, splits), free, None if isinstance(sol, Status) else sol.violation)
-    best, best_x = incumbent.best, incumbent.x
-    lower = min(heap[0][0], best, closed) if heap else min(best, closed)
+    lower = min(heap[0][0], incumbent.best, closed) if heap else min(incumbent.best, closed)
     if status is None:
-        status = "exact" if decision_eps is None else ("attacked" if best <= eps else "certified")
-    seconds = time.perf_counter() - start
-    logger.debug("branch and bound %s: [%g, %g] %s, %d nodes, %d relaxations, %d projections, %.3fs", norm, lower,
-                 best, status, n_nodes, n_relaxations, search.n_solves, seconds)
-    adv = None if best_x is None else torch.as_tensor(best_x).reshape(net.input_shape)
-    return GeoCertResult(float(lower), float(best), status, adv, c, norm, n_nodes, n_relaxations + search.n_solves,
-                         seconds, {"n_projections": search.n_solves, "n_relaxations": n_relaxations})
+        status = "exact" if decision_eps is None else ("attacked" if incumbent.best <= eps else "certified")
+    return _result(net, search, incumbent, lower, status, c, (n_nodes, n_relaxations), time.perf_counter() - start)
+
+
+def _result(net: PiecewiseLinearNet, search: RegionSearch, incumbent: _Incumbent, lower: float, status: str, c: int,
+            counts: tuple[int, int], seconds: float) -> GeoCertResult:
+    """The search's :class:`GeoCertResult` from its final state; ``counts``: nodes processed and relaxations solved."""
+    n_nodes, n_relaxations = counts
+    logger.debug("branch and bound %s: [%g, %g] %s, %d nodes, %d relaxations, %d projections, %.3fs", search.norm,
+                 lower, incumbent.best, status, n_nodes, n_relaxations, search.n_solves, seconds)
+    adv = None if incumbent.x is None else torch.as_tensor(incumbent.x).reshape(net.input_shape)
+    return GeoCertResult(float(lower), float(incumbent.best), status, adv, c, search.norm, n_nodes,
+                         n_relaxations + search.n_solves, seconds,
+                         {"n_projections": search.n_solves, "n_relaxations": n_relaxations})
 
 
 class _Incumbent:

@@ -26,7 +26,7 @@ Pruning, cheapest first (every rule is a valid lower bound, so the answer stays 
 * the search box is the domain intersected with the L∞ ball of radius = the best upper bound (for L1 and L2 that
   ball encloses the norm ball of the same radius, so it never cuts off the optimum — unlike shrinking it to the L∞
   size of one projection, the original implementation's L2 bug);
-* an upper bound (an attack's ``x_adv`` or a number) seeds the search; :func:`~.distance.exact_distance` (the batch entry point; ``certify_geocert`` is its old name) seeds
+* an upper bound (an attack's ``x_adv`` or a number) seeds the search; :func:`~.distance.exact_distance` (the batch entry point) seeds
   it with :func:`~mistered.certify.exact.boundary_search.boundary_search` and gives misclassified inputs radius 0.
 
 Projections are exact (see :mod:`mistered.certify.solvers.projection`; in L∞ one warm-started LP per search). Everything
@@ -38,7 +38,6 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import torch
@@ -185,13 +184,3 @@ def _queue_neighbours(search: RegionSearch, heap: list, queued: set, counter: in
         heapq.heappush(heap, (float(lb), counter, False, flipped, int(k)))
         counter += 1
     return counter
-
-
-def __getattr__(name: str) -> Any:
-    """The batch entry point's old names: ``certify_geocert`` is :func:`~.distance.exact_distance` (whose ``search``
-    says what runs), ``SEARCHES`` and ``AUTO_SEARCH`` live beside it."""
-    if name in ("certify_geocert", "SEARCHES", "AUTO_SEARCH"):
-        from . import distance
-
-        return getattr(distance, "exact_distance" if name == "certify_geocert" else name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

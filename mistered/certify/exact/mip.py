@@ -35,7 +35,8 @@ from ...validation import check_inputs
 from .boundary_search import local_logit_forms
 from .halfspace import halfspace_projection
 from ..bounds.chain_linear import NormBall, linear_bounds
-from ..graph.piecewise import PiecewiseLinearNet, as_plnet
+from ..graph.piecewise import PiecewiseLinearNet
+from ..graph.piecewise_lowering import as_plnet
 from ..solvers.big_m import add_relu_layer
 from ..solvers.mip import MILP_SOLVERS, MilpProblem, SparseModel, solve_milp
 from ..solvers.projection import _norm

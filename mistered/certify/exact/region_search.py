@@ -15,7 +15,8 @@ from ...errors import InvalidInputError
 from ...validation import check_inputs
 from .halfspace import halfspace_projection
 from ..bounds.chain_linear import search_region_bounds
-from ..graph.piecewise import PiecewiseLinearNet, as_plnet
+from ..graph.piecewise import PiecewiseLinearNet
+from ..graph.piecewise_lowering import as_plnet
 from ..solvers.projection import LinfProjector, polytope_distance
 
 __all__ = ["NORMS", "GeoCertResult", "RegionSearch", "start_search"]

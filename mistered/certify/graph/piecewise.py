@@ -27,7 +27,7 @@ from torch import nn
 from ...errors import InvalidInputError, UnsupportedLayerError
 from ...validation import check_layered_model
 
-__all__ = ["PiecewiseLinearNet", "SUPPORTED_LAYERS", "as_plnet", "check_piecewise_model"]
+__all__ = ["PiecewiseLinearNet", "SUPPORTED_LAYERS", "check_piecewise_model"]
 
 #: The layer types :meth:`PiecewiseLinearNet.from_module` understands.
 SUPPORTED_LAYERS = (
@@ -147,21 +147,16 @@ class PiecewiseLinearNet:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_module(cls, module: nn.Module, input_shape: tuple[int, ...] | list[int],
-                    domain: tuple[float, float] | None = None) -> PiecewiseLinearNet:
-        """Convert a ReLU network into its canonical form: an ``nn.Sequential`` of :data:`SUPPORTED_LAYERS`
-        directly, anything else (custom ``forward``, residual additions, pooling, concatenation ...) through its
-        traced bound graph (:func:`~mistered.certify.graph.piecewise_lowering.lower_module`).
+    def from_module(cls, module: nn.Module, input_shape: tuple[int, ...] | list[int]) -> PiecewiseLinearNet:
+        """Convert an ``nn.Sequential`` of :data:`SUPPORTED_LAYERS` into its canonical form (any other ReLU network:
+        :func:`~mistered.certify.graph.piecewise_lowering.as_plnet`, which lowers its traced graph).
 
         Args:
             module: the network; BatchNorm layers contribute their running statistics (eval behaviour).
             input_shape: the shape of one input without the batch dimension, e.g. ``(1, 28, 28)``.
-            domain: ``(lo, hi)``: the input box on which a lowered graph must agree with ``module`` (values carried
-                through a ReLU layer are then single, always-active neurons); ``None``: everywhere. A plain chain
-                agrees everywhere either way.
 
         Raises:
-            UnsupportedLayerError: naming the operation (and its source line) that has no piecewise-linear form.
+            UnsupportedLayerError: naming the first layer outside :data:`SUPPORTED_LAYERS`.
         """
         check_piecewise_model(module)
         input_shape = tuple(int(s) for s in input_shape)
@@ -169,14 +164,9 @@ class PiecewiseLinearNet:
         dtype = param.dtype if param is not None else torch.get_default_dtype()
         device = param.device if param is not None else torch.device("cpu")
         builder = _Builder(input_shape, dtype, device)
-        try:
-            with torch.no_grad():
-                builder.add(module, "")
-                weights, biases = builder.finish()
-        except UnsupportedLayerError:
-            from .piecewise_lowering import lower_module
-
-            return lower_module(module, input_shape, domain).to(device=device, dtype=dtype)
+        with torch.no_grad():
+            builder.add(module, "")
+            weights, biases = builder.finish()
         return cls(weights, biases, input_shape)
 
 
@@ -303,13 +293,3 @@ class _Builder:
             self.weights.append(self._matrix().clone())
             self.biases.append(self.b.clone())
         return self.weights, self.biases
-
-
-def as_plnet(model_or_net: nn.Module | PiecewiseLinearNet, input_shape: tuple[int, ...],
-             domain: tuple[float, float] | None = None) -> PiecewiseLinearNet:
-    """The canonical form of ``model_or_net``: returned as is when it already is one, else
-    :meth:`PiecewiseLinearNet.from_module` for inputs of ``input_shape`` that agrees with the model on ``domain``
-    (``None``: everywhere), which refuses anything else, naming it."""
-    if isinstance(model_or_net, PiecewiseLinearNet):
-        return model_or_net
-    return PiecewiseLinearNet.from_module(model_or_net, input_shape, domain)

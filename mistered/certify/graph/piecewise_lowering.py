@@ -36,9 +36,9 @@ from torch import nn
 from ...errors import UnsupportedLayerError
 from . import ops
 from .graph import BoundGraph, Node
-from .piecewise import PiecewiseLinearNet
+from .piecewise import PiecewiseLinearNet, check_piecewise_model
 
-__all__ = ["lower_graph", "lower_module", "MAX_DENSE_ENTRIES"]
+__all__ = ["as_plnet", "lower_graph", "lower_module", "MAX_DENSE_ENTRIES"]
 
 _AFFINE = (ops.Linear, ops.Conv2d, ops.ConvTranspose2d, ops.Affine, ops.Sum, ops.Cat, ops.Reshape, ops.Permute,
            ops.Unfold)
@@ -317,3 +317,23 @@ def lower_module(module: nn.Module, input_shape: tuple[int, ...], domain: tuple[
     from .trace import trace_graph
 
     return lower_graph(trace_graph(module, tuple(int(s) for s in input_shape)), domain, dtype)
+
+
+def as_plnet(model_or_net: nn.Module | PiecewiseLinearNet, input_shape: tuple[int, ...],
+             domain: tuple[float, float] | None = None) -> PiecewiseLinearNet:
+    """The canonical chain form of any ReLU network: ``model_or_net`` as is when it already is one; an
+    ``nn.Sequential`` of the chain's layers directly (:meth:`~.piecewise.PiecewiseLinearNet.from_module`);
+    anything else (custom ``forward``, residual additions, pooling, concatenation ...) through its traced graph
+    (:func:`lower_module`), agreeing with the model on ``domain`` (``None``: everywhere), in the model's dtype and
+    device. An operation with no piecewise-linear form raises
+    :class:`~mistered.errors.UnsupportedLayerError` naming it (and its source line)."""
+    if isinstance(model_or_net, PiecewiseLinearNet):
+        return model_or_net
+    check_piecewise_model(model_or_net)  # (a TorchScript model: said as such, not as an untraceable one)
+    try:
+        return PiecewiseLinearNet.from_module(model_or_net, input_shape)
+    except UnsupportedLayerError:
+        param = next(iter(model_or_net.parameters()), None)
+        dtype = param.dtype if param is not None else torch.get_default_dtype()
+        device = param.device if param is not None else torch.device("cpu")
+        return lower_module(model_or_net, input_shape, domain).to(device=device, dtype=dtype)

@@ -33,7 +33,8 @@ from torch import nn
 from ....errors import InvalidInputError
 from ....validation import check_inputs, check_nonnegative
 from ...bounds.chain_interval import interval_bounds, linf_box
-from ...graph.piecewise import PiecewiseLinearNet, as_plnet
+from ...graph.piecewise import PiecewiseLinearNet
+from ...graph.piecewise_lowering import as_plnet
 from .directions import DUAL_NORMS, OutputDirections, max_dual_norm, resolve_objective
 from .jacobian import fastlip_bound, jacobians
 from .lipmip import solve_lipmip
